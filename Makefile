@@ -1,0 +1,66 @@
+# shoal — the two commands of the Quick start:
+#   make demo   install what is needed, build, run shoal's main job
+#   make test   the same set-up, then every test (C++: plain, ASan, TSan; Python)
+PYTHON  ?= python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+JOBS    ?= $(shell nproc)
+CMAKE_COMMON := -G Ninja -DSHOAL_TESTS=ON -DSHOAL_PYTHON=OFF
+
+.PHONY: demo test setup system-deps venv install cpp-test asan tsan sanitize pytest bench fuzz clean
+
+demo: install
+	$(VENV)/bin/shoal demo
+
+test: install cpp-test sanitize pytest
+
+setup: install
+
+system-deps:
+	@scripts/ensure-system-deps.sh
+
+$(VENV)/.deps-stamp: pyproject.toml | system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "scikit-build-core>=0.10" "nanobind>=2.0" \
+	    numpy cloudpickle threadpoolctl psutil tqdm \
+	    pytest pytest-timeout numba joblib pandas mpi4py
+	touch $@
+
+venv: system-deps $(VENV)/.deps-stamp
+
+install: venv
+	$(PY) -m pip install -q --no-build-isolation --no-deps .
+
+# C++ suites, warnings as errors.
+cpp-test: system-deps
+	cmake -S . -B build/cpp $(CMAKE_COMMON) -DSHOAL_WERROR=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo
+	cmake --build build/cpp -j $(JOBS)
+	ctest --test-dir build/cpp --output-on-failure -j $(JOBS)
+
+asan: system-deps
+	cmake -S . -B build/asan $(CMAKE_COMMON) -DSHOAL_WERROR=ON -DSHOAL_SANITIZE=address -DCMAKE_BUILD_TYPE=Debug
+	cmake --build build/asan -j $(JOBS)
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 ctest --test-dir build/asan --output-on-failure -j $(JOBS)
+
+# TSan needs a low-entropy address space on kernels with high mmap ASLR bits.
+tsan: system-deps
+	cmake -S . -B build/tsan $(CMAKE_COMMON) -DSHOAL_WERROR=ON -DSHOAL_SANITIZE=thread -DCMAKE_BUILD_TYPE=Debug
+	cmake --build build/tsan -j $(JOBS)
+	TSAN_OPTIONS=halt_on_error=1 setarch $$(uname -m) -R ctest --test-dir build/tsan --output-on-failure -j $(JOBS)
+
+sanitize: asan tsan
+
+pytest: install
+	$(PY) -m pytest -q tests/python
+
+bench: install
+	$(PY) benchmarks/run_all.py
+
+fuzz: system-deps
+	CC=clang CXX=clang++ cmake -S . -B build/fuzz -G Ninja -DSHOAL_FUZZ=ON -DSHOAL_PYTHON=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo
+	cmake --build build/fuzz -j $(JOBS)
+	@for f in build/fuzz/fuzz/fuzz_*; do [ -x "$$f" ] && "$$f" -max_total_time=30 || exit 1; done
+
+clean:
+	rm -rf build $(VENV)

@@ -1,0 +1,4 @@
+// shoal.hpp — umbrella header: everything a C++ user of libshoal needs.
+#pragma once
+#include "shoal/check.hpp"
+#include "shoal/version.hpp"

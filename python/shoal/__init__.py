@@ -1,0 +1,69 @@
+"""shoal: parallel computing for Python on laptops and HPC clusters.
+
+One small API over a C++ engine::
+
+    import shoal
+    with shoal.Pool() as pool:                    # every core this job was given
+        results = pool.map(f, range(1_000_000))
+    shoal.parallel_reduce(n, kernel, op="sum")     # native kernel on all threads
+    shoal.allocation()                             # what the job was really given
+
+Names are imported on first use, so ``import shoal`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ._errors import (
+    BrokenPool,
+    RemoteTraceback,
+    SerializationError,
+    ShoalError,
+    TaskTimeout,
+    WorkerLost,
+)
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY = {
+    "Allocation": ".allocation",
+    "allocation": ".allocation",
+    "default_workers": ".allocation",
+    "topology": ".topology",
+    "info": ".info",
+    "Pool": ".pool",
+    "Executor": ".pool",
+    "parallel_for": ".parallel",
+    "parallel_reduce": ".parallel",
+}
+_SUBMODULES = {"shared"}
+
+__all__ = [
+    "__version__",
+    "BrokenPool",
+    "RemoteTraceback",
+    "SerializationError",
+    "ShoalError",
+    "TaskTimeout",
+    "WorkerLost",
+    *_LAZY,
+    *_SUBMODULES,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module("." + name, __name__)
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'shoal' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

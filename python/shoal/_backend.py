@@ -1,0 +1,93 @@
+"""The contract between shoal's front ends (``Pool``, ``Executor``) and the
+engines that run Python callables (``processes``, ``threads``, later ``mpi``).
+
+A backend runs ``fn(*args, **kwargs)`` somewhere and completes a
+``concurrent.futures.Future``. The front ends only ever call the methods
+below, so changing ``backend=`` is the only change a user makes.
+
+Backends register themselves by name with :func:`register`; the front end
+looks them up with :func:`create`.
+"""
+
+from __future__ import annotations
+
+import abc
+from concurrent.futures import Future
+from typing import Any, Callable, Iterable, Iterator
+
+
+class Backend(abc.ABC):
+    """One running engine. Created by :func:`create`, owned by one front end."""
+
+    #: registered name, e.g. "processes"
+    name: str = ""
+
+    def __init__(self, workers: int, *, initializer: Callable | None = None,
+                 initargs: tuple = (), max_tasks_per_worker: int | None = None,
+                 retries: int = 0) -> None:
+        self.workers = workers
+        self.initializer = initializer
+        self.initargs = initargs
+        self.max_tasks_per_worker = max_tasks_per_worker
+        self.retries = retries
+
+    @abc.abstractmethod
+    def submit(self, fn: Callable, args: tuple = (), kwargs: dict | None = None, *,
+               timeout: float | None = None) -> Future:
+        """Schedule ``fn(*args, **kwargs)``; the Future gets its result or its
+        exception (remote traceback attached as ``__cause__``). Past ``timeout``
+        seconds of running, the Future raises ``shoal.TaskTimeout``. Raises
+        ``shoal.BrokenPool`` (or RuntimeError after shutdown) if it cannot
+        accept work."""
+
+    def map(self, fn: Callable, iterable: Iterable, *, chunksize: int | None = None,
+            ordered: bool = True, timeout: float | None = None) -> Iterator[Any]:
+        """Yield ``fn(x)`` for each x (in order if ``ordered``). ``chunksize``
+        None means the backend chooses. The default sends chunks through
+        :meth:`submit`; backends override this for speed."""
+        from ._mapping import map_via_submit
+
+        return map_via_submit(self, fn, iterable, chunksize=chunksize, ordered=ordered,
+                              timeout=timeout)
+
+    def cancel_running(self, future: Future) -> bool:
+        """Stop a task that is already running (for processes: kill and replace
+        its worker). Returns True if it was stopped. Default: cannot."""
+        return False
+
+    @abc.abstractmethod
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting work; finish (or cancel) queued tasks; release every
+        process, thread and shared-memory segment. Idempotent."""
+
+    def terminate(self) -> None:
+        """Stop now: pending and running tasks fail, resources are released."""
+        self.shutdown(wait=False, cancel_futures=True)
+
+
+_REGISTRY: dict[str, type[Backend]] = {}
+
+
+def register(cls: type[Backend]) -> type[Backend]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def create(name: str, workers: int, **options: Any) -> Backend:
+    _load_builtin(name)
+    try:
+        cls = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown backend {name!r}; available: {', '.join(sorted(_REGISTRY)) or 'none'}"
+        ) from None
+    return cls(workers, **options)
+
+
+def _load_builtin(name: str) -> None:
+    # Import lazily: the threads backend must not pay for the process engine.
+    import importlib
+
+    module = {"processes": "._backend_processes", "threads": "._backend_threads"}.get(name)
+    if module is not None and name not in _REGISTRY:
+        importlib.import_module(module, __package__)

@@ -1,0 +1,47 @@
+"""The exceptions users catch. One hierarchy for every backend.
+
+    ShoalError
+    ├── BrokenPool            the pool can no longer run tasks
+    │   └── WorkerLost        a worker died while running a task (exit code/signal in message)
+    ├── TaskTimeout           a task ran past its time limit (also a TimeoutError)
+    └── SerializationError    an argument or result could not be pickled (names the object)
+"""
+
+from __future__ import annotations
+
+
+class ShoalError(Exception):
+    """Base class of every shoal error."""
+
+
+class BrokenPool(ShoalError):
+    """The pool cannot run tasks any more (shut down, or its engine failed)."""
+
+
+class WorkerLost(BrokenPool):
+    """The worker running a task died (killed, crashed, exited) before returning."""
+
+    def __init__(self, message: str, *, exitcode: int | None = None, signal: int | None = None):
+        super().__init__(message)
+        self.exitcode = exitcode
+        self.signal = signal
+
+
+class TaskTimeout(ShoalError, TimeoutError):
+    """A task ran past the time limit it was given."""
+
+
+class SerializationError(ShoalError, TypeError):
+    """An argument or a result could not be serialized; the message names it."""
+
+
+class RemoteTraceback(Exception):
+    """Attached as ``__cause__`` of an exception re-raised from a worker: its
+    message is the worker's formatted traceback."""
+
+    def __init__(self, tb: str):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return "\n\n" + "".join(self.tb) if not isinstance(self.tb, str) else "\n\n" + self.tb

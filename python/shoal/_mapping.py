@@ -1,0 +1,86 @@
+"""Generic map over a backend's ``submit``: chunking, ordering, timeouts.
+
+Backends with a faster path override ``Backend.map``; this is the reference
+behaviour they must match.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, wait
+from typing import Any, Callable, Iterable, Iterator
+
+
+def run_chunk(fn: Callable, chunk: list) -> list:
+    """Runs in the worker: one task applies fn to every item of a chunk."""
+    return [fn(x) for x in chunk]
+
+
+def auto_chunksize(n_items: int | None, workers: int) -> int:
+    """Chunks small enough to balance load (about 4 per worker), large enough
+    that per-task overhead vanishes. Unknown length: a moderate fixed size."""
+    if n_items is None:
+        return 64
+    if n_items == 0:
+        return 1
+    return max(1, -(-n_items // (4 * max(1, workers))))
+
+
+def chunked(iterable: Iterable, size: int) -> Iterator[list]:
+    it = iter(iterable)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+def map_via_submit(backend: Any, fn: Callable, iterable: Iterable, *,
+                   chunksize: int | None, ordered: bool,
+                   timeout: float | None) -> Iterator[Any]:
+    if chunksize is None:
+        try:
+            n = len(iterable)  # type: ignore[arg-type]
+        except TypeError:
+            n = None
+        chunksize = auto_chunksize(n, backend.workers)
+    if chunksize < 1:
+        raise ValueError(f"chunksize must be >= 1, got {chunksize}")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    # Keep a bounded window in flight so an endless iterable does not exhaust memory.
+    window = max(2 * backend.workers, 8)
+    chunks = chunked(iterable, chunksize)
+    pending: deque = deque()
+
+    def fill() -> None:
+        while len(pending) < window:
+            chunk = next(chunks, None)
+            if chunk is None:
+                return
+            pending.append(backend.submit(run_chunk, (fn, chunk)))
+
+    def remaining() -> float | None:
+        if deadline is None:
+            return None
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("map() timed out")
+        return left
+
+    try:
+        fill()
+        while pending:
+            if ordered:
+                fut = pending.popleft()
+                part = fut.result(timeout=remaining())
+            else:
+                done, _ = wait(pending, timeout=remaining(), return_when=FIRST_COMPLETED)
+                if not done:
+                    raise TimeoutError("map() timed out")
+                fut = next(f for f in pending if f in done)
+                pending.remove(fut)
+                part = fut.result()
+            fill()
+            yield from part
+    finally:
+        for fut in pending:
+            fut.cancel()
