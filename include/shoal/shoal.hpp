@@ -1,4 +1,5 @@
 // shoal.hpp — umbrella header: everything a C++ user of libshoal needs.
 #pragma once
 #include "shoal/check.hpp"
+#include "shoal/shm_segment.hpp"
 #include "shoal/version.hpp"

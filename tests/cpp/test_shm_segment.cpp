@@ -1,0 +1,93 @@
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+
+#include "shoal/check.hpp"
+#include "shoal/shm_segment.hpp"
+
+using shoal::SharedSegment;
+
+static bool exists_in_dev_shm(const std::string& name) {
+  return std::filesystem::exists("/dev/shm" + name);
+}
+
+TEST(SharedSegment, CreateIsZeroedOwnerOnlyAndUnlinkedOnDestruction) {
+  std::string name;
+  {
+    auto seg = SharedSegment::create(4096);
+    name = seg.name();
+    ASSERT_EQ(seg.size(), 4096u);
+    auto* p = static_cast<unsigned char*>(seg.data());
+    for (std::size_t i = 0; i < seg.size(); ++i) ASSERT_EQ(p[i], 0);
+    auto perms = std::filesystem::status("/dev/shm" + name).permissions();
+    EXPECT_EQ(perms & std::filesystem::perms::all,
+              std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+    EXPECT_TRUE(exists_in_dev_shm(name));
+  }
+  EXPECT_FALSE(exists_in_dev_shm(name));
+}
+
+TEST(SharedSegment, NamesAreUniqueAndCarryPid) {
+  auto a = SharedSegment::create(1);
+  auto b = SharedSegment::create(1);
+  EXPECT_NE(a.name(), b.name());
+  EXPECT_EQ(a.name().rfind("/shoal." + std::to_string(getpid()) + ".", 0), 0u) << a.name();
+}
+
+TEST(SharedSegment, AttachSeesWritesAcrossProcesses) {
+  auto seg = SharedSegment::create(64);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    auto child = SharedSegment::attach(seg.name());
+    std::memcpy(child.data(), "hello", 6);
+    _exit(child.owns_name() ? 1 : 0);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  EXPECT_STREQ(static_cast<char*>(seg.data()), "hello");
+}
+
+TEST(SharedSegment, AttachMissingOrInvalidNameThrows) {
+  EXPECT_THROW(SharedSegment::attach("/shoal.1.doesnotexist"), shoal::SystemError);
+  EXPECT_THROW(SharedSegment::attach("no-leading-slash"), shoal::Error);
+  EXPECT_THROW(SharedSegment::attach("/a/b"), shoal::Error);
+}
+
+TEST(SharedSegment, MoveTransfersOwnership) {
+  auto a = SharedSegment::create(8);
+  std::string name = a.name();
+  SharedSegment b = std::move(a);
+  EXPECT_EQ(a.data(), nullptr);
+  EXPECT_TRUE(exists_in_dev_shm(name));
+  b = SharedSegment::create(8);
+  EXPECT_FALSE(exists_in_dev_shm(name));
+}
+
+TEST(SharedSegment, SweepRemovesSegmentsOfDeadCreatorsOnly) {
+  int pipefd[2];
+  ASSERT_EQ(pipe(pipefd), 0);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    auto seg = SharedSegment::create(16);
+    seg.release_name();  // simulate a creator that died without cleaning up
+    (void)!write(pipefd[1], seg.name().c_str(), seg.name().size() + 1);
+    _exit(0);
+  }
+  char buf[128] = {};
+  ASSERT_GT(read(pipefd[0], buf, sizeof buf), 0);
+  waitpid(pid, nullptr, 0);
+  close(pipefd[0]);
+  close(pipefd[1]);
+  std::string orphan = buf;
+  auto mine = SharedSegment::create(16);
+  ASSERT_TRUE(exists_in_dev_shm(orphan));
+  EXPECT_GE(shoal::sweep_orphan_segments(), 1);
+  EXPECT_FALSE(exists_in_dev_shm(orphan));
+  EXPECT_TRUE(exists_in_dev_shm(mine.name()));
+}
