@@ -60,7 +60,7 @@ bench: install
 fuzz: system-deps
 	CC=clang CXX=clang++ cmake -S . -B build/fuzz -G Ninja -DSHOAL_FUZZ=ON -DSHOAL_PYTHON=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo
 	cmake --build build/fuzz -j $(JOBS)
-	@for f in build/fuzz/fuzz/fuzz_*; do [ -x "$$f" ] || continue; n=$$(basename $$f); mkdir -p build/fuzz/corpus/$$n; "$$f" -max_total_time=$${FUZZ_SECONDS:-30} build/fuzz/corpus/$$n fuzz/corpus/$$n 2>&1 | tail -3 || exit 1; done
+	scripts/run-fuzzers.sh build/fuzz/fuzz $${FUZZ_SECONDS:-30}
 
 clean:
 	rm -rf build $(VENV)
