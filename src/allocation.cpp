@@ -646,7 +646,8 @@ class Detector {
       a_.warnings.push_back("OMP_NUM_THREADS=" + std::to_string(*a_.omp_num_threads) + " but this process may use " +
                             std::to_string(a_.cpus) + " CPU" + (a_.cpus == 1 ? "" : "s") + " (" + a_.cpus_source +
                             "): each OpenMP region runs " + std::to_string(*a_.omp_num_threads) + " threads on " +
-                            std::to_string(a_.cpus) + " CPUs; set OMP_NUM_THREADS=" + std::to_string(a_.cpus));
+                            std::to_string(a_.cpus) + " CPU" + (a_.cpus == 1 ? "" : "s") +
+                            "; set OMP_NUM_THREADS=" + std::to_string(a_.cpus));
     if (a_.mpi.local_size && *a_.mpi.local_size > 1) {
       int threads = a_.omp_num_threads.value_or(a_.cpus);
       long long total = static_cast<long long>(*a_.mpi.local_size) * threads;
