@@ -660,8 +660,8 @@ class Detector {
     if (a_.slurm.in_job && !a_.slurm.in_step && a_.mpi.launcher.empty() && a_.slurm.ntasks && *a_.slurm.ntasks > 1)
       a_.warnings.push_back("SLURM_NTASKS=" + std::to_string(*a_.slurm.ntasks) +
                             " but this process was not started by srun or an MPI launcher: the CPUs of the other " +
-                            std::to_string(*a_.slurm.ntasks - 1) +
-                            " tasks stay idle unless this script launches them (srun, mpirun)");
+                            (*a_.slurm.ntasks == 2 ? std::string("task") : std::to_string(*a_.slurm.ntasks - 1) + " tasks") +
+                            " stay idle unless this script launches them (srun, mpirun)");
   }
 
   // Smallest limit. Sources are added from the most general (affinity) to the

@@ -138,6 +138,11 @@ Topology Topology::detect() {
   if (hwloc_topology_init(&topo) != 0) return detect_from_sysfs("/");
   // Keep GPUs and co-processors (OS devices); the rest of the I/O tree is not needed.
   hwloc_topology_set_io_types_filter(topo, HWLOC_TYPE_FILTER_KEEP_IMPORTANT);
+#if HWLOC_API_VERSION >= 0x00020100
+  // The "pci" component goes through libpciaccess, which leaks on every load
+  // (LeakSanitizer); hwloc's linux component reads the PCI tree from sysfs itself.
+  hwloc_topology_set_components(topo, HWLOC_TOPOLOGY_COMPONENTS_FLAG_BLACKLIST, "pci");
+#endif
   if (hwloc_topology_load(topo) != 0) {
     hwloc_topology_destroy(topo);
     return detect_from_sysfs("/");
