@@ -341,7 +341,7 @@ class Detector {
         a_.warnings.push_back("cannot read /proc/self/cgroup (" + r.error + "); cgroup limits not used");
       return;
     }
-    std::optional<std::string> v1_cpu, v1_cpuset, v2;
+    std::optional<std::string> v1_cpu, v1_cpuset, v1_memory, v2;
     std::istringstream lines(r.text);
     std::string line;
     while (std::getline(lines, line)) {
@@ -358,6 +358,7 @@ class Detector {
       for (auto c : split(controllers, ',')) {
         if (c == "cpu") v1_cpu = path;
         if (c == "cpuset") v1_cpuset = path;
+        if (c == "memory") v1_memory = path;
       }
     }
     const std::string base = root_ + "/sys/fs/cgroup";
@@ -375,6 +376,8 @@ class Detector {
         if (a_.cgroup_version == "none") a_.cgroup_version = "v1", a_.cgroup_path = *v1_cpuset;
         cpuset(leaf(cpuset_mount, *v1_cpuset), {"cpuset.effective_cpus", "cpuset.cpus"}, "v1");
       }
+      if (v1_memory && is_dir(base + "/memory"))
+        memory_limit(base + "/memory", *v1_memory, "memory.limit_in_bytes");
       if (a_.cgroup_version != "none") return;
     }
     if (v2) {
@@ -386,6 +389,36 @@ class Detector {
       a_.cgroup_path = *v2;
       v2_quota(mount, *v2);
       cpuset(leaf(mount, *v2), {"cpuset.cpus.effective", "cpuset.cpus"}, "v2");
+      memory_limit(mount, *v2, "memory.max");
+    }
+  }
+
+  void consider_memory(std::uint64_t bytes, std::string source) {
+    if (!a_.memory_limit_bytes || bytes < *a_.memory_limit_bytes) {
+      a_.memory_limit_bytes = bytes;
+      a_.memory_limit_source = std::move(source);
+    }
+  }
+
+  // v2 memory.max ("max" = none) or v1 memory.limit_in_bytes (near 2^63 = none), leaf to root.
+  void memory_limit(const std::string& mount, const std::string& path, const char* file) {
+    for (const auto& dir : ancestors(mount, path)) {
+      auto f = read_file(dir + "/" + file);
+      if (!f.exists) continue;
+      const std::string where = shown(dir) + "/" + file;
+      if (!f.ok) {
+        a_.warnings.push_back("cannot read " + where + " (" + f.error + "); that memory limit is ignored");
+        continue;
+      }
+      const std::string text(trim(f.text));
+      if (text == "max") continue;
+      auto n = parse::integer(text);
+      if (!n || *n <= 0) {
+        a_.warnings.push_back(where + " is malformed ('" + text + "'); that memory limit is ignored");
+        continue;
+      }
+      if (*n >= (1LL << 62)) continue;  // v1 writes "unlimited" as LONG_MAX rounded to a page
+      consider_memory(static_cast<std::uint64_t>(*n), where + " = " + text);
     }
   }
 
@@ -533,6 +566,14 @@ class Detector {
           add("SLURM (node)", what, *node_cpus);
       }
     }
+
+    // SLURM memory sizes are in MB (megabytes of 2^20 bytes).
+    if (auto mb = count_var("SLURM_MEM_PER_NODE"))
+      consider_memory(static_cast<std::uint64_t>(*mb) << 20, "SLURM_MEM_PER_NODE=" + std::to_string(*mb) + " (MB)");
+    if (auto mb = count_var("SLURM_MEM_PER_CPU"); mb && s.cpus_on_node)
+      consider_memory((static_cast<std::uint64_t>(*mb) << 20) * static_cast<std::uint64_t>(*s.cpus_on_node),
+                      "SLURM_MEM_PER_CPU=" + std::to_string(*mb) + " (MB) x SLURM_CPUS_ON_NODE=" +
+                          std::to_string(*s.cpus_on_node));
 
     if (s.cpus_per_task && s.cpus_on_node && *s.cpus_per_task > *s.cpus_on_node)
       a_.warnings.push_back("SLURM_CPUS_PER_TASK=" + std::to_string(*s.cpus_per_task) + " exceeds SLURM_CPUS_ON_NODE=" +

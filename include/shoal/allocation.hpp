@@ -9,6 +9,7 @@
 //   SLURM_CPUS_PER_TASK / ON_NODE ──┤
 //   MPI ranks sharing this node ────┘
 //   OMP_NUM_THREADS, SLURM task layout ─────► warnings (oversubscription, waste)
+//   cgroup memory.max | limit_in_bytes, SLURM_MEM_* ──► memory_limit_bytes
 //
 // Every parser is total: malformed input never throws, it adds a warning that
 // names the variable (or file) and the fallback that was used instead.
@@ -68,6 +69,11 @@ struct Allocation {
   std::string cgroup_path;              // this process's cgroup (cpu controller), e.g. "/user.slice"
   std::optional<double> cgroup_quota_cpus;  // quota / period, unset when unlimited or unknown
   std::vector<int> cgroup_cpuset;       // cpuset.cpus.effective, empty when unknown
+
+  // Memory this process may use: the smallest of the cgroup memory limits (memory.max,
+  // memory.limit_in_bytes, up the hierarchy), SLURM_MEM_PER_NODE and SLURM_MEM_PER_CPU x CPUs on the node.
+  std::optional<std::uint64_t> memory_limit_bytes;  // unset: no limit found
+  std::string memory_limit_source;
 
   SlurmInfo slurm;
   std::optional<int> omp_num_threads;   // first level of OMP_NUM_THREADS ("8,2" -> 8)

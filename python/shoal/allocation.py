@@ -47,6 +47,8 @@ class Allocation:
     cgroup_path: str = ""
     cgroup_quota_cpus: float | None = None
     cgroup_cpuset: tuple[int, ...] = ()
+    memory_limit_bytes: int | None = None
+    memory_limit_source: str = ""
     slurm: dict[str, Any] = field(default_factory=dict)
     omp_num_threads: int | None = None
     mpi: dict[str, Any] = field(default_factory=dict)
@@ -81,6 +83,8 @@ class Allocation:
             cgroup_path=raw.cgroup_path,
             cgroup_quota_cpus=raw.cgroup_quota_cpus,
             cgroup_cpuset=tuple(raw.cgroup_cpuset),
+            memory_limit_bytes=raw.memory_limit_bytes,
+            memory_limit_source=raw.memory_limit_source,
             slurm={k: getattr(raw.slurm, k) for k in slurm_fields},
             omp_num_threads=raw.omp_num_threads,
             mpi={k: getattr(raw.mpi, k) for k in mpi_fields},

@@ -83,6 +83,14 @@ def advice(alloc: Allocation, libs: list[dict[str, Any]], cpu_count: int | None)
     return out
 
 
+def _physical_memory() -> int:
+    """RAM the kernel manages (/proc/meminfo MemTotal, via sysconf)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 0
+
+
 def report() -> dict[str, Any]:
     """The full report as a JSON-ready dict (what ``shoal info --json`` prints)."""
     from . import __version__
@@ -101,6 +109,12 @@ def report() -> dict[str, Any]:
         "os_cpu_count": cpu_count,
         "allocation": alloc.to_dict(),
         "topology": topo.to_dict(),
+        "memory": {
+            "physical_bytes": _physical_memory(),
+            "numa_bytes": topo.total_memory_bytes,
+            "limit_bytes": alloc.memory_limit_bytes,
+            "limit_source": alloc.memory_limit_source,
+        },
         "thread_libraries": libs,
         "thread_variables": {k: os.environ[k] for k in THREAD_VARIABLES if k in os.environ},
         "warnings": list(alloc.warnings) + advice(alloc, libs, cpu_count),
@@ -157,6 +171,10 @@ def _text(r: dict[str, Any]) -> str:
     lines.append(f"  cgroup                    {a['cgroup_version']}"
                  + (f" {a['cgroup_path']}" if a["cgroup_path"] else "")
                  + (f", quota {quota:g} CPUs" if quota is not None else ", no CPU quota"))
+    mem = r["memory"]
+    lines.append("  memory limit              "
+                 + (f"{_bytes(mem['limit_bytes'])}   ({mem['limit_source']})" if mem["limit_bytes"]
+                    else "none found (cgroup memory.max / memory.limit_in_bytes, SLURM_MEM_*)"))
     s = a["slurm"]
     if s["in_job"] or s["cpus_per_task"]:
         fields = [f"job {s['job_id']}" if s["job_id"] else "no SLURM_JOB_ID"]
@@ -179,7 +197,8 @@ def _text(r: dict[str, Any]) -> str:
                  + (", ".join(f"{k}={v!r}" for k, v in tv.items()) if tv else "none set"))
     lines += ["", f"Hardware ({t.source})", f"  {_hardware_line(t)}", f"  caches: {_caches(t)}",
               "  NUMA: " + ", ".join(f"node {n.os_index} {_bytes(n.memory_bytes)}" for n in t.numa_nodes),
-              f"  memory: {_bytes(t.total_memory_bytes)}",
+              f"  memory: {_bytes(t.total_memory_bytes)} in NUMA nodes ({t.source.split()[0]}), "
+              f"{_bytes(mem['physical_bytes'])} physical (sysconf)",
               "  GPUs: " + (", ".join(f"{g.name} ({g.info})" if g.info else g.name for g in t.gpus)
                             if t.gpus else "none detected")]
     lines += ["", "Thread pools inside libraries (threadpoolctl, after importing numpy)"]

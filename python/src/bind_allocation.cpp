@@ -50,6 +50,8 @@ void bind(nb::module_& m) {
       .def_ro("cgroup_path", &shoal::Allocation::cgroup_path)
       .def_ro("cgroup_quota_cpus", &shoal::Allocation::cgroup_quota_cpus)
       .def_ro("cgroup_cpuset", &shoal::Allocation::cgroup_cpuset)
+      .def_ro("memory_limit_bytes", &shoal::Allocation::memory_limit_bytes)
+      .def_ro("memory_limit_source", &shoal::Allocation::memory_limit_source)
       .def_ro("slurm", &shoal::Allocation::slurm)
       .def_ro("omp_num_threads", &shoal::Allocation::omp_num_threads)
       .def_ro("mpi", &shoal::Allocation::mpi)

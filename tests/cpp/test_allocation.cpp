@@ -373,3 +373,36 @@ TEST(AllocationReal, CurrentEnvironmentSeesVariables) {
   unsetenv("SHOAL_TEST_VARIABLE");
   EXPECT_EQ(env.at("SHOAL_TEST_VARIABLE"), "a=b");
 }
+
+// ------------------------------------------------------------------ memory
+
+TEST(AllocationMemory, V2ParentLimitBinds) {
+  auto a = detect("v2_quota");
+  EXPECT_EQ(a.memory_limit_bytes, 4294967296ull);
+  EXPECT_EQ(a.memory_limit_source, "/sys/fs/cgroup/job.slice/memory.max = 4294967296");
+}
+
+TEST(AllocationMemory, V1LimitAndUnlimitedRoot) {
+  auto a = detect("v1_quota");
+  EXPECT_EQ(a.memory_limit_bytes, 2147483648ull);
+  EXPECT_NE(a.memory_limit_source.find("/sys/fs/cgroup/memory/job/memory.limit_in_bytes"), std::string::npos);
+}
+
+TEST(AllocationMemory, NoneFoundAndGarbageWarns) {
+  EXPECT_FALSE(detect("no_cgroup").memory_limit_bytes);
+  EXPECT_FALSE(detect("v2_max").memory_limit_bytes);
+  auto a = detect("v2_garbage");
+  EXPECT_FALSE(a.memory_limit_bytes);
+  EXPECT_TRUE(warned(a, {"/sys/fs/cgroup/u/memory.max is malformed ('lots')"})) << all_warnings(a);
+}
+
+TEST(AllocationMemory, SlurmMemorySmallerThanCgroupWins) {
+  auto a = detect("v2_quota", {{"SLURM_JOB_ID", "1"}, {"SLURM_MEM_PER_NODE", "1024"}});
+  EXPECT_EQ(a.memory_limit_bytes, 1024ull << 20);
+  EXPECT_EQ(a.memory_limit_source, "SLURM_MEM_PER_NODE=1024 (MB)");
+  auto b = detect("no_cgroup", {{"SLURM_JOB_ID", "1"}, {"SLURM_MEM_PER_CPU", "2000"}, {"SLURM_CPUS_ON_NODE", "4"}});
+  EXPECT_EQ(b.memory_limit_bytes, 8000ull << 20);
+  auto c = detect("no_cgroup", {{"SLURM_MEM_PER_NODE", "lots"}});
+  EXPECT_FALSE(c.memory_limit_bytes);
+  EXPECT_TRUE(warned(c, {"SLURM_MEM_PER_NODE='lots'", "ignored"})) << all_warnings(c);
+}

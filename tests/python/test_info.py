@@ -167,3 +167,12 @@ def test_shoal_info_is_callable_and_json_ready():
     json.dumps(r)
     assert r["cpus"] == shoal.default_workers()
     assert callable(shoal.info.main)
+
+
+def test_slurm_memory_limit_reported():
+    r = info_json(clean_env(SLURM_JOB_ID="3", SLURM_MEM_PER_NODE="1024"))
+    assert r["memory"]["limit_bytes"] == 1024 << 20
+    assert r["memory"]["limit_source"] == "SLURM_MEM_PER_NODE=1024 (MB)"
+    assert r["memory"]["physical_bytes"] > 0
+    out = shoal_cli("info", env=clean_env(SLURM_JOB_ID="3", SLURM_MEM_PER_NODE="1024"))
+    assert "memory limit              1 GiB   (SLURM_MEM_PER_NODE=1024 (MB))" in out.stdout
