@@ -8,7 +8,9 @@ record into plain Python::
     >>> import shoal
     >>> a = shoal.allocation()
     >>> a.cpus, a.cpus_source
-    (2, 'sched_getaffinity = 0-1')
+    (2, '/sys/fs/cgroup/cpuset/cpuset.effective_cpus = 0-1')
+    >>> [(s.name, s.cpus) for s in a.sources]      # every limit that was considered
+    [('CPU affinity', 2), ('cgroup v1 cpuset', 2)]
     >>> shoal.default_workers()
     2
 """

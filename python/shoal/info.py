@@ -54,6 +54,14 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
+def _thread_variable(lib: dict[str, Any]) -> str:
+    """The environment variable that sets this library's thread count."""
+    if lib.get("user_api") == "openmp":
+        return "OMP_NUM_THREADS"
+    return {"openblas": "OPENBLAS_NUM_THREADS", "mkl": "MKL_NUM_THREADS", "blis": "BLIS_NUM_THREADS",
+            "flexiblas": "FLEXIBLAS_NUM_THREADS"}.get(lib.get("internal_api") or "", "OMP_NUM_THREADS")
+
+
 def advice(alloc: Allocation, libs: list[dict[str, Any]], cpu_count: int | None) -> list[str]:
     """Warnings that need Python's view of the process."""
     out = []
@@ -72,14 +80,13 @@ def advice(alloc: Allocation, libs: list[dict[str, Any]], cpu_count: int | None)
             out.append(
                 f"{name} ({lib.get('user_api')}) will run {_plural(threads, 'thread')} but this "
                 f"process may use {_plural(cpus, 'CPU')}: set its thread count "
-                f"(e.g. {'OMP_NUM_THREADS' if lib.get('user_api') == 'openmp' else name.upper() + '_NUM_THREADS'}"
-                f"={cpus}) or use threadpoolctl.threadpool_limits({cpus})")
+                f"(e.g. {_thread_variable(lib)}={cpus}) or use threadpoolctl.threadpool_limits({cpus})")
         elif workers > 1 and threads > 1 and workers * threads > cpus:
             out.append(
                 f"{name} ({lib.get('user_api')}) runs {threads} threads per process: {workers} "
                 f"workers each calling it would run {workers * threads} threads on "
                 f"{_plural(cpus, 'CPU')}. shoal caps library threads inside its own workers; "
-                f"other pools need threadpool_limits(1) or {name.upper()}_NUM_THREADS=1 per worker")
+                f"other pools need threadpool_limits(1) or {_thread_variable(lib)}=1 per worker")
     return out
 
 

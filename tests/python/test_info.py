@@ -176,3 +176,20 @@ def test_slurm_memory_limit_reported():
     assert r["memory"]["physical_bytes"] > 0
     out = shoal_cli("info", env=clean_env(SLURM_JOB_ID="3", SLURM_MEM_PER_NODE="1024"))
     assert "memory limit              1 GiB   (SLURM_MEM_PER_NODE=1024 (MB))" in out.stdout
+
+
+def test_advice_names_each_librarys_variable():
+    import pathlib
+
+    from shoal.allocation import Allocation
+    from shoal.info import advice
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "cpp" / "fixtures" / "no_cgroup"
+    a = Allocation.detect(env={"SLURM_CPUS_PER_TASK": "2"}, sys_root=str(root))
+    libs = [{"user_api": "openmp", "internal_api": "openmp", "num_threads": 4},
+            {"user_api": "blas", "internal_api": "mkl", "num_threads": 2}]
+    text = "\n".join(advice(a, libs, cpu_count=8))
+    assert "os.cpu_count() says 8 but this job may use 2 (SLURM_CPUS_PER_TASK=2)" in text
+    assert "openmp (openmp) will run 4 threads but this process may use 2 CPUs" in text
+    assert "OMP_NUM_THREADS=2" in text
+    assert "2 workers each calling it would run 4 threads" in text and "MKL_NUM_THREADS=1" in text
