@@ -656,10 +656,13 @@ class Detector {
   // -- the decision
   void decide() {
     // Ranks on one node that are not bound to disjoint CPUs share them all:
-    // each one's fair share is the node's allowance divided among them.
+    // each one's fair share is the node's allowance divided among them. A rank
+    // counts as unbound when its affinity spans the whole cpuset (or host), so a
+    // launcher that binds (mpirun --bind-to core, srun --cpu-bind) is trusted.
     // SLURM's per-task numbers already are such a share.
+    const int node_wide = a_.cgroup_cpuset.empty() ? a_.host_cpus : static_cast<int>(a_.cgroup_cpuset.size());
     if (a_.mpi.local_size && *a_.mpi.local_size > 1 && !a_.slurm.cpus_per_task && !slurm_per_task_ &&
-        static_cast<int>(a_.affinity.size()) >= a_.host_cpus && !a_.sources.empty()) {
+        static_cast<int>(a_.affinity.size()) >= node_wide && !a_.sources.empty()) {
       int node_cpus = min_source().cpus;
       add("MPI ranks on this node",
           std::to_string(*a_.mpi.local_size) + " ranks (" + local_size_var_ + ") share " + std::to_string(node_cpus) +
@@ -692,11 +695,12 @@ class Detector {
     if (a_.mpi.local_size && *a_.mpi.local_size > 1) {
       int threads = a_.omp_num_threads.value_or(a_.cpus);
       long long total = static_cast<long long>(*a_.mpi.local_size) * threads;
-      if (total > a_.host_cpus)
+      if (total > node_wide)
         a_.warnings.push_back(std::to_string(*a_.mpi.local_size) + " MPI ranks on this node x " +
-                              std::to_string(threads) + " threads each" +
+                              std::to_string(threads) + (threads == 1 ? " thread each" : " threads each") +
                               (a_.omp_num_threads ? " (OMP_NUM_THREADS)" : "") + " = " + std::to_string(total) +
-                              " threads, more than the node's " + std::to_string(a_.host_cpus) + " CPUs");
+                              " threads, more than the node's " + std::to_string(node_wide) + " CPUs" +
+                              (a_.cgroup_cpuset.empty() ? "" : " (cgroup cpuset)"));
     }
     if (a_.slurm.in_job && !a_.slurm.in_step && a_.mpi.launcher.empty() && a_.slurm.ntasks && *a_.slurm.ntasks > 1)
       a_.warnings.push_back("SLURM_NTASKS=" + std::to_string(*a_.slurm.ntasks) +

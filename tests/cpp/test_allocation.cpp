@@ -406,3 +406,25 @@ TEST(AllocationMemory, SlurmMemorySmallerThanCgroupWins) {
   EXPECT_FALSE(c.memory_limit_bytes);
   EXPECT_TRUE(warned(c, {"SLURM_MEM_PER_NODE='lots'", "ignored"})) << all_warnings(c);
 }
+
+TEST(AllocationMpi, UnboundRanksInsideAJobCpusetShareIt) {
+  Environment ompi{{"OMPI_COMM_WORLD_RANK", "0"}, {"OMPI_COMM_WORLD_SIZE", "2"},
+                   {"OMPI_COMM_WORLD_LOCAL_RANK", "0"}, {"OMPI_COMM_WORLD_LOCAL_SIZE", "2"}};
+  auto a = detect("v2_job_cpuset", ompi);
+  EXPECT_EQ(a.cgroup_cpuset, (std::vector<int>{4, 5, 6, 7}));
+  EXPECT_EQ(a.cpus, 2);  // 4 job CPUs shared by 2 unbound ranks
+  EXPECT_TRUE(a.warnings.empty()) << all_warnings(a);
+}
+
+TEST(AllocationMpi, BoundRanksAreTrusted) {
+  // The launcher bound this rank to 2 of the job's 4 CPUs: affinity already is its share.
+  Environment pmi{{"PMI_RANK", "0"}, {"PMI_SIZE", "2"}, {"MPI_LOCALNRANKS", "2"}};
+  auto a = detect("v2_job_bound", pmi);
+  EXPECT_EQ(a.cpus, 2);
+  EXPECT_EQ(a.cpus_source, "/proc/self/status Cpus_allowed_list = 4-5");
+  EXPECT_TRUE(a.warnings.empty()) << all_warnings(a);
+  auto many = detect("v2_job_cpuset", {{"PMI_RANK", "0"}, {"PMI_SIZE", "8"}, {"MPI_LOCALNRANKS", "8"}});
+  EXPECT_EQ(many.cpus, 1);  // 4 CPUs for 8 unbound ranks: at least 1 each
+  EXPECT_TRUE(warned(many, {"8 MPI ranks on this node x 1 thread each = 8", "node's 4 CPUs (cgroup cpuset)"}))
+      << all_warnings(many);
+}
