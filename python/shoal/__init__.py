@@ -30,16 +30,15 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _LAZY = {
     "Allocation": ".allocation",
-    "allocation": ".allocation",
     "default_workers": ".allocation",
-    "topology": ".topology",
-    "info": ".info",
     "Pool": ".pool",
     "Executor": ".pool",
     "parallel_for": ".parallel",
     "parallel_reduce": ".parallel",
 }
-_SUBMODULES = {"shared"}
+# allocation, topology and info are callable modules (see _callable.py):
+# shoal.allocation(), shoal.topology(), shoal.info() call their main function.
+_SUBMODULES = {"shared", "allocation", "topology", "info"}
 
 __all__ = [
     "__version__",
