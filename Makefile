@@ -6,6 +6,8 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 JOBS    ?= $(shell nproc)
 CMAKE_COMMON := -G Ninja -DSHOAL_TESTS=ON -DSHOAL_PYTHON=OFF
+# In CI (CI=true) the extension is built with warnings as errors too.
+PIP_WERROR := $(if $(CI),-C cmake.define.SHOAL_WERROR=ON,)
 
 .PHONY: demo test setup system-deps venv install cpp-test asan tsan sanitize pytest bench fuzz clean
 
@@ -30,7 +32,7 @@ $(VENV)/.deps-stamp: pyproject.toml | system-deps
 venv: system-deps $(VENV)/.deps-stamp
 
 install: venv
-	$(PY) -m pip install -q --no-build-isolation --no-deps .
+	$(PY) -m pip install -q --no-build-isolation --no-deps $(PIP_WERROR) .
 
 # C++ suites, warnings as errors.
 cpp-test: system-deps
