@@ -106,8 +106,9 @@ Pinning parse_pinning(const char* text) {
   return Pinning::none;
 }
 
-ThreadPool::ThreadPool(int workers, Pinning pinning, std::function<void(int)> on_start)
-    : on_start_(std::move(on_start)), pinning_(pinning) {
+ThreadPool::ThreadPool(int workers, Pinning pinning, std::function<void(int)> on_start,
+                       std::function<void(int)> on_exit)
+    : on_start_(std::move(on_start)), on_exit_(std::move(on_exit)), pinning_(pinning) {
   SHOAL_CHECK(workers >= 0, "ThreadPool needs workers >= 0, got " + std::to_string(workers));
   workers_.reserve(static_cast<std::size_t>(workers));
   for (int i = 0; i < workers; ++i) {
@@ -151,6 +152,7 @@ void ThreadPool::worker_main(int index, std::vector<int> cpus) {
     }
     if (stopping_.load(std::memory_order_acquire)) {
       sleepers_.fetch_sub(1, std::memory_order_relaxed);
+      if (on_exit_) on_exit_(index);
       return;
     }
     epoch_.wait(e, std::memory_order_acquire);

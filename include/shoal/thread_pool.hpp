@@ -48,9 +48,11 @@ struct Task {
 class ThreadPool {
  public:
   // `workers` threads (0 is allowed: fork-join loops then run on the caller).
-  // on_start(i) runs first thing on worker i (e.g. a Python initializer).
+  // on_start(i) runs first thing on worker i (e.g. a Python initializer),
+  // on_exit(i) last thing before it ends.
   explicit ThreadPool(int workers, Pinning pinning = Pinning::none,
-                      std::function<void(int)> on_start = {});
+                      std::function<void(int)> on_start = {},
+                      std::function<void(int)> on_exit = {});
   // Runs every queued task, then joins the workers.
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
@@ -88,8 +90,9 @@ class ThreadPool {
   // Whether fork-join loops started on this pool's workers run on this pool
   // (default) rather than on the global one. Off for pools that run Python
   // callables (the threads backend): their workers are not for number crunching.
-  void set_hosts_loops(bool on) noexcept { hosts_loops_ = on; }
-  bool hosts_loops() const noexcept { return hosts_loops_; }
+  // relaxed: a configuration flag, no data travels with it.
+  void set_hosts_loops(bool on) noexcept { hosts_loops_.store(on, std::memory_order_relaxed); }
+  bool hosts_loops() const noexcept { return hosts_loops_.load(std::memory_order_relaxed); }
 
   // The process-wide pool for fork-join loops: default_concurrency() - 1
   // workers (the calling thread is the last participant), pinned as
@@ -125,9 +128,9 @@ class ThreadPool {
 
   std::vector<std::unique_ptr<Worker>> workers_;
   std::vector<std::thread> threads_;
-  std::function<void(int)> on_start_;
+  std::function<void(int)> on_start_, on_exit_;
   Pinning pinning_;
-  bool hosts_loops_ = true;  // set before use, read-only afterwards
+  std::atomic<bool> hosts_loops_{true};
 
   std::mutex inject_mutex_;
   std::deque<detail::Task*> inject_;  // guarded by inject_mutex_
