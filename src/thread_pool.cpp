@@ -238,7 +238,9 @@ struct FunctionTask : detail::Task {
 
 void ThreadPool::submit(std::function<void()> fn) {
   SHOAL_CHECK(fn != nullptr, "ThreadPool::submit needs a callable");
-  SHOAL_CHECK(!stopping_.load(std::memory_order_acquire), "ThreadPool::submit after stop()");
+  // A worker may still submit while the pool drains: its own deque is drained too.
+  SHOAL_CHECK(tl_pool == this || !stopping_.load(std::memory_order_acquire),
+              "ThreadPool::submit after stop()");
   SHOAL_CHECK(!workers_.empty(), "ThreadPool::submit on a pool with 0 workers");
   spawn(new FunctionTask(std::move(fn)), 1);
 }

@@ -62,7 +62,8 @@ class ThreadPool {
 
   // Runs fn on a worker. fn must not throw (an escaping exception ends the
   // program, as with std::thread); use async() to get exceptions back.
-  // Throws shoal::Error after stop() or on a pool without workers.
+  // Throws shoal::Error after stop() (except from the pool's own workers,
+  // whose tasks are part of the draining) or on a pool without workers.
   void submit(std::function<void()> fn);
 
   template <class F>
