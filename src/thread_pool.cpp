@@ -144,8 +144,8 @@ void ThreadPool::worker_main(int index, std::vector<int> cpus) {
     }
     if (found) continue;
     const std::uint32_t e = epoch_.load(std::memory_order_acquire);
-    sleepers_.fetch_add(1, std::memory_order_seq_cst);
-    std::atomic_thread_fence(std::memory_order_seq_cst);
+    // acq_rel RMW; pairs with the RMW in wake(), see there.
+    sleepers_.fetch_add(1, std::memory_order_acq_rel);
     if (has_work()) {
       sleepers_.fetch_sub(1, std::memory_order_relaxed);
       continue;
@@ -198,10 +198,12 @@ bool ThreadPool::has_work() const noexcept {
 }
 
 void ThreadPool::wake() noexcept {
-  // Pairs with the fence in worker_main: after our push, either we see the
-  // sleeper's increment or it sees our work.
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (sleepers_.load(std::memory_order_relaxed) > 0) {
+  // An RMW, not a load: RMWs on sleepers_ are totally ordered. If ours comes
+  // after a sleeper's increment we read it and wake it; if it comes before,
+  // the sleeper's acquiring increment reads ours (or a later RMW of the same
+  // release sequence), so our push happens-before its last look for work.
+  // No lost wake-up, and no standalone fence (which TSan cannot see).
+  if (sleepers_.fetch_add(0, std::memory_order_acq_rel) > 0) {
     epoch_.fetch_add(1, std::memory_order_release);
     epoch_.notify_all();
   }

@@ -140,9 +140,9 @@ class ThreadPool {
   // wakes sleepers after pushing (see wake()).
   alignas(64) std::atomic<std::int64_t> inject_size_{0};
   // epoch_: the event count idle workers sleep on. Pushers bump it (release)
-  // and notify when sleepers_ > 0. sleepers_: incremented (seq_cst) by a worker
-  // before its last look for work, decremented after; the pusher reads it
-  // (seq_cst, after a seq_cst fence following its push), so either the pusher
+  // and notify when sleepers_ > 0. sleepers_: incremented (acq_rel RMW) by a
+  // worker before its last look for work, decremented after it wakes; the
+  // pusher reads it with an acq_rel RMW after its push, so either the pusher
   // sees the sleeper or the sleeper sees the work: no lost wake-up.
   alignas(64) std::atomic<std::uint32_t> epoch_{0};
   alignas(64) std::atomic<int> sleepers_{0};
