@@ -50,9 +50,7 @@ def default_threads() -> int:
     """Threads a native loop uses when ``threads`` is not given (the calling
     thread included): ``SHOAL_NUM_THREADS`` if set, else the CPUs this process
     may run on."""
-    from . import _core
-
-    return _core.default_threads()
+    return _core().default_threads()
 
 
 def parallel_for(n: int, kernel: Any, ctx: Any = None, *, threads: int | None = None,
@@ -60,12 +58,10 @@ def parallel_for(n: int, kernel: Any, ctx: Any = None, *, threads: int | None = 
     """Call ``kernel(begin, end, ctx)`` over disjoint ranges covering ``[0, n)``
     on ``threads`` threads (default: :func:`default_threads`). ``grain`` fixes
     the number of iterations per call (default: about 8 ranges per thread)."""
-    from . import _core
-
     n = _check_count(n)
     address = _kernel_address(kernel, None)
     ctx_address, keep = _ctx_address(ctx)
-    _core.parallel_for(n, address, ctx_address, _check_threads(threads), _check_grain(grain))
+    _core().parallel_for(n, address, ctx_address, _check_threads(threads), _check_grain(grain))
     del keep  # ctx's buffer had to stay alive until here
 
 
@@ -80,8 +76,6 @@ def parallel_reduce(n: int, kernel: Any, ctx: Any = None, *, op: str = "sum",
     ``deterministic=True`` cuts ``[0, n)`` into blocks that depend on ``n``
     (and ``grain``) only and combines them in a fixed pairwise order: the
     result is bit-identical for any ``threads``."""
-    from . import _core
-
     if op not in _OPS:
         raise ValueError(f"op must be one of {', '.join(_OPS)}, got {op!r}")
     dtype_name = _dtype_name(dtype)
@@ -90,11 +84,24 @@ def parallel_reduce(n: int, kernel: Any, ctx: Any = None, *, op: str = "sum",
     ctx_address, keep = _ctx_address(ctx)
     if not isinstance(deterministic, bool):
         raise TypeError(f"deterministic must be a bool, got {type(deterministic).__name__}")
-    run = _core.parallel_reduce_f64 if dtype_name == "float64" else _core.parallel_reduce_i64
+    core = _core()
+    run = core.parallel_reduce_f64 if dtype_name == "float64" else core.parallel_reduce_i64
     result = run(n, address, ctx_address, op, _check_threads(threads), deterministic,
                  _check_grain(grain))
     del keep
     return result
+
+
+_core_module = None
+
+
+def _core():
+    global _core_module
+    if _core_module is None:
+        from . import _core as module
+
+        _core_module = module
+    return _core_module
 
 
 # ---- checks -----------------------------------------------------------------
@@ -109,7 +116,8 @@ def _as_int(value: Any, what: str) -> int:
 
 
 def _check_count(n: Any) -> int:
-    n = _as_int(n, "n")
+    if type(n) is not int:
+        n = _as_int(n, "n")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     if n >= 2**63:
@@ -120,7 +128,8 @@ def _check_count(n: Any) -> int:
 def _check_threads(threads: Any) -> int:
     if threads is None:
         return 0
-    threads = _as_int(threads, "threads")
+    if type(threads) is not int:
+        threads = _as_int(threads, "threads")
     if not 1 <= threads <= 4096:
         raise ValueError(f"threads must be between 1 and 4096 (or None), got {threads}")
     return threads
@@ -129,7 +138,8 @@ def _check_threads(threads: Any) -> int:
 def _check_grain(grain: Any) -> int:
     if grain is None:
         return 0
-    grain = _as_int(grain, "grain")
+    if type(grain) is not int:
+        grain = _as_int(grain, "grain")
     if grain < 1:
         raise ValueError(f"grain must be >= 1 (or None), got {grain}")
     return grain
@@ -149,8 +159,25 @@ def _dtype_name(dtype: Any) -> str:
     return name
 
 
+# (id(kernel), restype) -> (kernel, address): kernels already checked. Holding
+# the kernel keeps its id from being reused; bounded so it cannot grow forever.
+_checked: dict[tuple[int, str | None], tuple[Any, int]] = {}
+
+
 def _kernel_address(kernel: Any, restype: str | None) -> int:
     """The kernel's entry address, after checking its signature where it has one."""
+    hit = _checked.get((id(kernel), restype))
+    if hit is not None and hit[0] is kernel:
+        return hit[1]
+    address = _check_kernel(kernel, restype)
+    if not isinstance(kernel, int):
+        if len(_checked) >= 256:
+            _checked.clear()
+        _checked[id(kernel), restype] = (kernel, address)
+    return address
+
+
+def _check_kernel(kernel: Any, restype: str | None) -> int:
     want = _SIGNATURE_TEXT[restype]
     if kernel is None:
         raise TypeError(f"kernel is None; expected a numba cfunc, a ctypes function pointer or "
@@ -222,26 +249,14 @@ def _ctx_address(ctx: Any) -> tuple[int, Any]:
         if not 0 <= ctx < 2**64:
             raise ValueError(f"ctx address must be a non-negative 64-bit int, got {ctx}")
         return ctx, None
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover - numpy is a dependency
-        np = None
-    if np is not None and isinstance(ctx, np.ndarray):
-        return ctx.ctypes.data, ctx
-    if isinstance(ctx, ctypes._Pointer):  # type: ignore[attr-defined]
+    if isinstance(ctx, ctypes._Pointer):  # type: ignore[attr-defined]  # its target, not itself
         return ctypes.cast(ctx, ctypes.c_void_p).value or 0, ctx
-    if isinstance(ctx, (ctypes._SimpleCData, ctypes.Structure, ctypes.Union,  # type: ignore
-                        ctypes.Array)):
-        return ctypes.addressof(ctx), ctx
     try:
-        view = memoryview(ctx)
+        # numpy arrays, bytes, bytearray, memoryview, array.array, ctypes objects...
+        return _core().buffer_address(ctx), ctx
+    except (BufferError, ValueError):
+        raise ValueError("ctx buffer must be contiguous (C or Fortran order): the kernel gets "
+                         "only its address") from None
     except TypeError:
         raise TypeError(f"ctx must be a numpy array, a buffer, a ctypes object, an int address or "
                         f"None, got {type(ctx).__name__}") from None
-    if not view.contiguous:
-        raise ValueError("ctx buffer must be contiguous")
-    if view.nbytes == 0:
-        return 0, view
-    arr = np.frombuffer(view.cast("B") if view.ndim != 1 or view.format != "B" else view,
-                        dtype=np.uint8)
-    return arr.ctypes.data, (view, arr)

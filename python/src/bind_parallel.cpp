@@ -167,6 +167,14 @@ void bind(nb::module_& m) {
   m.def("parallel_reduce_i64", &run_reduce<std::int64_t>, arg("n"), arg("kernel"), arg("ctx"),
         arg("op"), arg("threads"), arg("deterministic"), arg("grain"),
         nb::call_guard<nb::gil_scoped_release>());
+  m.def("buffer_address", [](nb::handle obj) -> std::uintptr_t {
+    // Any contiguous buffer (C or Fortran order, read-only allowed): its first byte.
+    Py_buffer view;
+    if (PyObject_GetBuffer(obj.ptr(), &view, PyBUF_ANY_CONTIGUOUS) != 0) throw nb::python_error();
+    const auto address = reinterpret_cast<std::uintptr_t>(view.buf);
+    PyBuffer_Release(&view);
+    return address;
+  }, arg("obj"), "Address of the first byte of a contiguous buffer (kept alive by the caller).");
   m.def("default_threads", [] { return shoal::ThreadPool::global().size() + 1; },
         "Threads a native loop uses by default (the caller included).");
 
