@@ -6,7 +6,7 @@
     C #pragma omp parallel for num_threads(2) over 2 empty iterations, called through ctypes
     the same C function with num_threads(1) (= the cost of the Python->C call alone)
 
-    python benchmarks/native/forkjoin.py [--calls 20000] [--repeats 5]
+    python benchmarks/native/forkjoin.py [--calls 5000] [--repeats 5]
 
 Medians over repeats of the mean time per call, in microseconds.
 """
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     import shoal
 
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--calls", type=int, default=20000)
+    ap.add_argument("--calls", type=int, default=5000)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)

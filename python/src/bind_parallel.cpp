@@ -9,6 +9,7 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <type_traits>
 
 #include "registry.hpp"
 #include "shoal/check.hpp"
@@ -54,8 +55,12 @@ T run_reduce(std::int64_t n, std::uintptr_t kernel, std::uintptr_t ctx, const st
   o.threads = threads;
   o.deterministic = deterministic;
   using L = std::numeric_limits<T>;
-  if (op == "sum") return reduce_with<T>(n, k, c, T(0), [](T a, T b) { return a + b; }, o);
-  if (op == "prod") return reduce_with<T>(n, k, c, T(1), [](T a, T b) { return a * b; }, o);
+  // Integers wrap around on overflow, as numpy's int64 does (unsigned arithmetic: no UB).
+  using W = std::conditional_t<std::is_integral_v<T>, std::make_unsigned_t<T>, T>;
+  if (op == "sum")
+    return reduce_with<T>(n, k, c, T(0), [](T a, T b) { return static_cast<T>(W(a) + W(b)); }, o);
+  if (op == "prod")
+    return reduce_with<T>(n, k, c, T(1), [](T a, T b) { return static_cast<T>(W(a) * W(b)); }, o);
   if (op == "min")
     return reduce_with<T>(n, k, c, L::has_infinity ? L::infinity() : L::max(),
                           [](T a, T b) { return b < a ? b : a; }, o);
