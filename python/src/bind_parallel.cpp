@@ -44,6 +44,15 @@ T reduce_with(std::int64_t n, ReduceKernel<T> k, void* c, T identity, Combine co
       combine, o);
 }
 
+template <class T, class = void>
+struct Wrapping {
+  using type = T;
+};
+template <class T>
+struct Wrapping<T, std::enable_if_t<std::is_integral_v<T>>> {
+  using type = std::make_unsigned_t<T>;
+};
+
 template <class T>
 T run_reduce(std::int64_t n, std::uintptr_t kernel, std::uintptr_t ctx, const std::string& op,
              int threads, bool deterministic, std::int64_t grain) {
@@ -56,7 +65,7 @@ T run_reduce(std::int64_t n, std::uintptr_t kernel, std::uintptr_t ctx, const st
   o.deterministic = deterministic;
   using L = std::numeric_limits<T>;
   // Integers wrap around on overflow, as numpy's int64 does (unsigned arithmetic: no UB).
-  using W = std::conditional_t<std::is_integral_v<T>, std::make_unsigned_t<T>, T>;
+  using W = typename Wrapping<T>::type;
   if (op == "sum")
     return reduce_with<T>(n, k, c, T(0), [](T a, T b) { return static_cast<T>(W(a) + W(b)); }, o);
   if (op == "prod")
