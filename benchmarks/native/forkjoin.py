@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.calls):
                 f()
             per_call[name].append((time.perf_counter() - t0) / args.calls * 1e6)
-    print(f"\nEmpty parallel loop from Python, median of {args.repeats} x {args.calls} calls\n")
+    print(f"\nEmpty parallel loop from Python, median of {args.repeats} x {args.calls} calls "
+          f"(numba threading layer: {numba.threading_layer()})\n")
     print(f"{'method':<36} {'us/call':>8} {'vs OpenMP':>9}")
     ref = statistics.median(per_call.get(f"C OpenMP via ctypes, {t} threads", [float("nan")]))
     for name in names:

@@ -197,8 +197,11 @@ def main(argv: list[str] | None = None) -> int:
                 values[name, t] = runnable[name](t)
                 times.setdefault((name, t), []).append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
+    import numba
+
     print(f"\n2D integration of sin(x+y), n = {args.n} ({args.n**2:,} points), medians of "
-          f"{args.repeats} repeats, {os.cpu_count()} CPUs here, load {os.getloadavg()[0]:.1f}\n")
+          f"{args.repeats} repeats, {os.cpu_count()} CPUs here, load {os.getloadavg()[0]:.1f}, "
+          f"numba threading layer {numba.threading_layer()}\n")
     head = (f"{'method':<28} {'thr':>3} {'time [s]':>9} {'efficiency':>10} "
             f"{'vs prange':>9} {'vs OpenMP':>9} {'integral':>11}")
     print(head)
