@@ -312,3 +312,22 @@ def test_shoal_num_threads_sizes_the_default_pool():
     from shoal.parallel import default_threads
 
     assert default_threads() >= 1
+
+
+@pytest.mark.timeout(60)
+def test_loops_work_in_a_forked_child():
+    # The parent's pool threads do not survive fork(); the child must build its own.
+    assert shoal.parallel_reduce(10_000, count_i64, dtype="int64", threads=2) == 10_000
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads running
+        pid = os.fork()
+    if pid == 0:
+        ok = False
+        try:
+            ok = shoal.parallel_reduce(10_000, count_i64, dtype="int64", threads=2) == 10_000
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
