@@ -245,12 +245,12 @@ class ThreadBackend(Backend):
         st = self._state
         with self._lock:
             self._shutdown = True
-            if cancel_futures:
-                with st.lock:
-                    items = list(st.pending)
-                for item in items:
-                    item.future.cancel()
-            self._pool.stop()
+            self._pool.stop()  # workers still drain the queue; cancelled items are skipped
+        if cancel_futures:
+            with st.lock:
+                items = list(st.pending)
+            for item in items:  # outside the locks: cancel() runs done-callbacks
+                item.future.cancel()
         if wait:
             if getattr(st.local, "worker", False):
                 raise RuntimeError("shutdown(wait=True) from one of the pool's own threads "

@@ -270,3 +270,39 @@ TEST(ParallelStress, ConcurrentCallersOnOnePool) {
   for (auto& th : ts) th.join();
   EXPECT_EQ(wrong.load(), 0);
 }
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+// The parent's workers do not survive fork(): a child must build new pools,
+// and its loops must really run on several threads again.
+TEST(ParallelFork, ChildGetsWorkingPools) {
+#if defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "TSan does not support threads after a multi-threaded fork";
+#else
+  auto spread_over_threads = [] {
+    std::mutex mu;
+    std::set<std::thread::id> ids;
+    std::atomic<int> inside{0};
+    LoopOptions o;
+    o.threads = 3;
+    o.grain = 1;
+    shoal::parallel_for(0, 16, [&](std::int64_t) {
+      inside++;
+      for (int spin = 0; spin < 2000 && inside.load() < 2; ++spin)
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+      std::lock_guard<std::mutex> l(mu);
+      ids.insert(std::this_thread::get_id());
+    }, o);
+    return ids.size();
+  };
+  ASSERT_GE(spread_over_threads(), 2u);
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) _exit(spread_over_threads() >= 2 ? 0 : 1);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+#endif
+}
