@@ -39,10 +39,11 @@ void ForkJoin::execute(ThreadPool& pool, int helpers) {
     for (int k = 0; k < helpers; ++k) {
       Task* t = pool.pop_own();
       if (t == nullptr) break;
-      if (t == this)
-        release();
-      else
-        t->run(t);  // someone else's task pushed above ours: run it, it is ready
+      if (t != this) {  // not ours (our helpers were all stolen): put it back, stop
+        pool.spawn(t, 1);
+        break;
+      }
+      release();
     }
   }
   for (int s = 0; s < kJoinSpin && finished_.load(std::memory_order_acquire) == 0; ++s) cpu_relax();
