@@ -30,6 +30,7 @@
 #include <cstdint>
 #include <exception>
 #include <optional>
+#include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -57,6 +58,8 @@ namespace detail {
 
 // Number of blocks a deterministic reduction cuts its range into when no grain is given.
 inline constexpr std::int64_t kDeterministicBlocks = 1024;
+// At most this many blocks (one stored partial each) with an explicit grain.
+inline constexpr std::int64_t kMaxDeterministicBlocks = std::int64_t{1} << 24;
 // Chunks per participant in dynamic scheduling: enough to even out imbalance.
 inline constexpr std::int64_t kChunksPerThread = 8;
 
@@ -302,6 +305,10 @@ T parallel_reduce(std::int64_t begin, std::int64_t end, T identity, Body&& body,
                            : std::max<std::int64_t>(1, (n + plan.participants * detail::kChunksPerThread - 1) /
                                                            (plan.participants * detail::kChunksPerThread));
   const std::int64_t nchunks = (n + chunk - 1) / chunk;
+  SHOAL_CHECK(!opts.deterministic || nchunks <= detail::kMaxDeterministicBlocks,
+              "parallel_reduce: a deterministic reduction keeps one partial per block and would need " +
+                  std::to_string(nchunks) + " blocks; pass a grain of at least " +
+                  std::to_string((n + detail::kMaxDeterministicBlocks - 1) / detail::kMaxDeterministicBlocks));
   const int helpers = static_cast<int>(std::min<std::int64_t>(plan.participants - 1, nchunks - 1));
   B& b = body;
   C& c = combine;

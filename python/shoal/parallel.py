@@ -36,6 +36,7 @@ from typing import Any
 __all__ = ["parallel_for", "parallel_reduce", "default_threads"]
 
 _OPS = ("sum", "min", "max", "prod")
+_MAX_DETERMINISTIC_BLOCKS = 1 << 24  # as detail::kMaxDeterministicBlocks in shoal/parallel.hpp
 _DTYPES = ("float64", "int64")
 _INT64_CTYPES = (ctypes.c_int64, ctypes.c_longlong, ctypes.c_ssize_t)
 _RESTYPES = {None: (None,), "float64": (ctypes.c_double,), "int64": _INT64_CTYPES}
@@ -84,10 +85,14 @@ def parallel_reduce(n: int, kernel: Any, ctx: Any = None, *, op: str = "sum",
     ctx_address, keep = _ctx_address(ctx)
     if not isinstance(deterministic, bool):
         raise TypeError(f"deterministic must be a bool, got {type(deterministic).__name__}")
+    grain = _check_grain(grain)
+    if deterministic and grain and -(-n // grain) > _MAX_DETERMINISTIC_BLOCKS:
+        raise ValueError(f"deterministic=True keeps one partial result per block: n={n} with "
+                         f"grain={grain} would need {-(-n // grain)} blocks; pass a grain of at "
+                         f"least {-(-n // _MAX_DETERMINISTIC_BLOCKS)}")
     core = _core()
     run = core.parallel_reduce_f64 if dtype_name == "float64" else core.parallel_reduce_i64
-    result = run(n, address, ctx_address, op, _check_threads(threads), deterministic,
-                 _check_grain(grain))
+    result = run(n, address, ctx_address, op, _check_threads(threads), deterministic, grain)
     del keep
     return result
 

@@ -306,3 +306,16 @@ TEST(ParallelFork, ChildGetsWorkingPools) {
   EXPECT_EQ(WEXITSTATUS(status), 0);
 #endif
 }
+
+TEST(ParallelReduce, DeterministicRefusesTooManyBlocks) {
+  ReduceOptions o;
+  o.deterministic = true;
+  o.grain = 1;
+  try {
+    (void)shoal::parallel_reduce(0, std::int64_t{1} << 30, 0.0, [](std::int64_t) { return 1.0; },
+                                 std::plus<>{}, o);
+    FAIL() << "no error";
+  } catch (const shoal::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("grain of at least 64"), std::string::npos) << e.what();
+  }
+}

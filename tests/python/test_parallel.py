@@ -331,3 +331,8 @@ def test_loops_work_in_a_forked_child():
             os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_deterministic_with_too_many_blocks_is_a_clear_error():
+    with pytest.raises(ValueError, match="grain of at least 64"):
+        shoal.parallel_reduce(2**30, count_i64, dtype="int64", deterministic=True, grain=1)
