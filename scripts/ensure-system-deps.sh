@@ -4,7 +4,8 @@
 set -euo pipefail
 packages=(cmake g++ make ninja-build pkg-config python3-venv
           libhwloc-dev hwloc libopenmpi-dev openmpi-bin
-          libgtest-dev libbenchmark-dev clang libclang-rt-dev libomp-dev)
+          libgtest-dev libbenchmark-dev clang libclang-rt-dev libomp-dev
+          libtbb-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -42,6 +42,65 @@ ROWS: list[tuple[str, Callable[[int, int], float]]] = [
 ]
 
 
+# ---- native kernel and threads backend rows (threads helper) ----
+_native_rows = None
+
+
+def _compile_native_rows():
+    """The course's inner loops as a numba cfunc kernel over x-rows [begin, end);
+    n and h come through ctx, so one compilation serves every n."""
+    global _native_rows
+    if _native_rows is None:
+        import math as m
+
+        from numba import cfunc, types
+
+        @cfunc(types.float64(types.int64, types.int64, types.CPointer(types.float64)))
+        def rows(begin, end, params):
+            n = int(params[0])
+            h = params[1]
+            s = 0.0
+            for i in range(begin, end):
+                x = h * (i + 0.5)
+                for j in range(n):
+                    s += m.sin(x + h * (j + 0.5))
+            return s
+
+        _native_rows = rows
+    return _native_rows
+
+
+def native_kernel(n: int, workers: int) -> float:
+    import numpy as np
+
+    from .parallel import parallel_reduce
+
+    h = math.pi / n
+    params = np.array([n, h], dtype=np.float64)
+    return parallel_reduce(n, _compile_native_rows(), params, threads=workers) * h * h
+
+
+native_kernel.prepare = lambda n, workers: _compile_native_rows()  # JIT outside the timing
+
+
+def threads_backend(n: int, workers: int) -> float:
+    # Pure-Python rows: the GIL lets one thread run at a time, so expect ~1x.
+    from . import _backend
+
+    backend = _backend.create("threads", workers)
+    try:
+        step = max(1, n // (4 * workers))
+        futures = [backend.submit(integrate_rows, (n, b, min(b + step, n)))
+                   for b in range(0, n, step)]
+        return sum(f.result() for f in futures)
+    finally:
+        backend.shutdown()
+
+
+ROWS.append(("native: cfunc + parallel_reduce", native_kernel))
+ROWS.append(("threads backend (GIL-bound, ~1x)", threads_backend))
+
+
 def main(n: int | None = None, workers: int | None = None) -> int:
     from . import info
     from .allocation import default_workers
@@ -55,6 +114,9 @@ def main(n: int | None = None, workers: int | None = None) -> int:
     base = None
     for label, fn in ROWS:
         try:
+            prepare = getattr(fn, "prepare", None)  # one-off set-up (e.g. JIT) is not timed
+            if prepare is not None:
+                prepare(n, workers)
             t0 = time.perf_counter()
             value = fn(n, workers)
             dt = time.perf_counter() - t0

@@ -1,0 +1,272 @@
+"""The ``threads`` backend: Python callables on shoal's C++ thread pool.
+
+For I/O-bound work and for libraries that release the GIL (numpy, I/O,
+compiled code); pure-Python CPU work runs one thread at a time (the GIL), so
+use the ``processes`` backend for that.
+
+Data flow of one task::
+
+    submit(fn, args) ─> _WorkItem (in state.pending) ─> _core.ThreadPool.submit(item.run)
+                                                              │ C++ work-stealing pool
+    worker k (its own Python thread state, GIL only while running Python):
+        item.run(): leave pending ─> Future.set_running_or_notify_cancel()
+                    ─> [deadline to the watchdog] ─> fn(*args) ─> set_result / set_exception
+    watchdog thread: a running task past its deadline ─> its Future raises TaskTimeout
+                     (the thread itself cannot be killed: it runs on until fn returns)
+
+Semantics follow ``concurrent.futures.ThreadPoolExecutor``: exceptions
+(BaseException included) go to the Future, with the formatted traceback as a
+``shoal.RemoteTraceback`` ``__cause__`` like the processes backend; the
+initializer runs once on each thread as it starts and a failing initializer
+breaks the pool (``shoal.BrokenPool``); shutdown(wait, cancel_futures) as in
+concurrent.futures; at interpreter exit, queued and running tasks finish first.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+import traceback
+import weakref
+from concurrent.futures import Future, InvalidStateError
+from typing import Any, Callable
+
+from ._backend import Backend, register
+from ._errors import BrokenPool, RemoteTraceback, TaskTimeout
+
+
+def _settle(method: Callable, value: Any) -> None:
+    """Complete a Future unless the watchdog or terminate() already did."""
+    try:
+        method(value)
+    except InvalidStateError:
+        pass
+
+
+class _Watchdog:
+    """One thread for every threads backend: fails the Futures of tasks that
+    run past their timeout. Stopped at interpreter exit (not a daemon: a
+    daemon thread alive during finalization would keep objects alive past
+    the extension's teardown)."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._heap: list = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def add(self, deadline: float, future: Future, timeout: float) -> None:
+        with self._cv:
+            heapq.heappush(self._heap, (deadline, next(self._seq), future, timeout))
+            if self._thread is None and not self._stopped:
+                self._thread = threading.Thread(target=self._run, name="shoal-threads-watchdog")
+                self._thread.start()
+            self._cv.notify()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stopped = True
+            self._cv.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._heap and not self._stopped:
+                    self._cv.wait()
+                if self._stopped:
+                    self._heap.clear()
+                    return
+                deadline, _, future, timeout = self._heap[0]
+                if future.done():
+                    heapq.heappop(self._heap)
+                    continue
+                left = deadline - time.monotonic()
+                if left > 0:
+                    self._cv.wait(left)
+                    continue
+                heapq.heappop(self._heap)
+            _settle(future.set_exception, TaskTimeout(
+                f"task ran longer than its timeout of {timeout} s (the threads backend cannot "
+                "stop a running thread: it goes on until the function returns)"))
+
+
+_watchdog = _Watchdog()
+
+
+class _State:
+    """What the worker threads share with the backend. Workers hold this, not
+    the backend, so a forgotten backend can still be garbage-collected."""
+
+    def __init__(self, initializer: Callable | None, initargs: tuple) -> None:
+        self.lock = threading.Lock()
+        self.pending: set[_WorkItem] = set()   # submitted, not started (guarded by lock)
+        self.running: set[_WorkItem] = set()   # started, not finished (guarded by lock)
+        self.broken: str | None = None
+        self.initializer = initializer
+        self.initargs = initargs
+        self.local = threading.local()
+
+    def on_thread_start(self, index: int) -> None:
+        self.local.worker = True
+        if self.initializer is None:
+            return
+        try:
+            self.initializer(*self.initargs)
+        except BaseException:
+            self.break_pool("A thread initializer failed, the pool is not usable anymore:\n"
+                            + traceback.format_exc())
+
+    def break_pool(self, why: str) -> None:
+        with self.lock:
+            if self.broken is None:
+                self.broken = why
+            items = list(self.pending)
+            self.pending.clear()
+        for item in items:
+            if item.future.set_running_or_notify_cancel():
+                _settle(item.future.set_exception, BrokenPool(why))
+
+
+class _WorkItem:
+    __slots__ = ("future", "fn", "args", "kwargs", "timeout", "state", "__weakref__")
+
+    def __init__(self, state: _State, future: Future, fn: Callable, args: tuple, kwargs: dict,
+                 timeout: float | None) -> None:
+        self.state, self.future, self.fn = state, future, fn
+        self.args, self.kwargs, self.timeout = args, kwargs, timeout
+
+    def run(self) -> None:  # on a worker thread, GIL held
+        st = self.state
+        with st.lock:
+            if self not in st.pending:  # taken by break_pool
+                return
+            st.pending.discard(self)
+            st.running.add(self)
+        try:
+            future = self.future
+            if not future.set_running_or_notify_cancel():
+                return
+            if st.broken is not None:
+                _settle(future.set_exception, BrokenPool(st.broken))
+                return
+            if self.timeout is not None:
+                _watchdog.add(time.monotonic() + self.timeout, future, self.timeout)
+            try:
+                result = self.fn(*self.args, **self.kwargs)
+            except BaseException as exc:
+                if exc.__cause__ is None:
+                    exc.__cause__ = RemoteTraceback(
+                        "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+                _settle(future.set_exception, exc)
+                del exc  # break the frame <-> exception cycle
+            else:
+                _settle(future.set_result, result)
+        finally:
+            with st.lock:
+                st.running.discard(self)
+            self.fn = self.args = self.kwargs = None  # free them now, not with the Future
+
+
+_live: "weakref.WeakSet[ThreadBackend]" = weakref.WeakSet()
+_exiting = False
+
+
+def _at_exit() -> None:
+    """Before the interpreter finalizes: let every pool finish and join its
+    threads while they can still take the GIL (as concurrent.futures does)."""
+    global _exiting
+    _exiting = True
+    for backend in list(_live):
+        backend.shutdown(wait=True)
+    _watchdog.stop()
+
+
+if hasattr(threading, "_register_atexit"):  # runs before atexit, with threads still usable
+    threading._register_atexit(_at_exit)
+else:  # pragma: no cover
+    import atexit
+
+    atexit.register(_at_exit)
+
+
+@register
+class ThreadBackend(Backend):
+    """Runs Python callables on ``workers`` C++ pool threads.
+
+    ``max_tasks_per_worker`` and ``retries`` are accepted for the common
+    contract and ignored: threads are not recycled and never die of a task.
+    A task's ``timeout`` fails its Future with ``shoal.TaskTimeout``, but the
+    thread keeps running the function (Python threads cannot be killed)."""
+
+    name = "threads"
+
+    def __init__(self, workers: int, **options: Any) -> None:
+        super().__init__(workers, **options)
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+        if self.initializer is not None and not callable(self.initializer):
+            raise TypeError("initializer must be callable")
+        from . import _core
+
+        self._state = _State(self.initializer, tuple(self.initargs))
+        self._lock = threading.Lock()
+        self._shutdown = False
+        self._pool = _core.ThreadPool(workers, self._state.on_thread_start)
+        _live.add(self)
+
+    def submit(self, fn: Callable, args: tuple = (), kwargs: dict | None = None, *,
+               timeout: float | None = None) -> Future:
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds or None, got {timeout!r}")
+        future: Future = Future()
+        st = self._state
+        with self._lock:
+            if st.broken is not None:
+                raise BrokenPool(st.broken)
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if _exiting:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+            item = _WorkItem(st, future, fn, tuple(args), dict(kwargs or {}), timeout)
+            with st.lock:
+                st.pending.add(item)
+            self._pool.submit(item.run)
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        st = self._state
+        with self._lock:
+            self._shutdown = True
+            self._pool.stop()  # workers still drain the queue; cancelled items are skipped
+        if cancel_futures:
+            with st.lock:
+                items = list(st.pending)
+            for item in items:  # outside the locks: cancel() runs done-callbacks
+                item.future.cancel()
+        if wait:
+            if getattr(st.local, "worker", False):
+                raise RuntimeError("shutdown(wait=True) from one of the pool's own threads "
+                                   "would wait for itself")
+            self._pool.join()  # GIL released inside: workers finish their Python tasks
+
+    def terminate(self) -> None:
+        """Cancel queued tasks and fail the Futures of running ones with
+        BrokenPool now; the running threads finish in the background."""
+        self.shutdown(wait=False, cancel_futures=True)
+        with self._state.lock:
+            running = list(self._state.running)
+        for item in running:
+            _settle(item.future.set_exception, BrokenPool("the pool was terminated"))
+
+    def __del__(self) -> None:  # a backend dropped without shutdown: workers end when idle
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.stop()

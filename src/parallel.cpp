@@ -1,0 +1,58 @@
+// The non-template half of shoal/parallel.hpp: choosing the pool, forking,
+// waiting. Data flow: see the top of include/shoal/parallel.hpp.
+#include "shoal/parallel.hpp"
+
+namespace shoal::detail {
+
+namespace {
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield" ::: "memory");
+#endif
+}
+// The caller spins this long for the last chunks before it sleeps: joins of
+// short loops complete within the spin, long ones do not care about a futex.
+constexpr int kJoinSpin = 1 << 12;
+}  // namespace
+
+Plan plan_loop(ThreadPool* pool, int threads) {
+  ThreadPool* p = pool;
+  if (p == nullptr) {
+    ThreadPool* cur = ThreadPool::current();
+    p = (cur != nullptr && cur->hosts_loops()) ? cur : &ThreadPool::global_for(threads);
+  }
+  const bool inside = p->worker_index() >= 0;
+  const int others = p->stopped() ? 0 : (inside ? p->size() - 1 : p->size());
+  const int want = threads > 0 ? threads : others + 1;
+  return Plan{p, std::max(1, std::min(want, others + 1))};
+}
+
+void ForkJoin::execute(ThreadPool& pool, int helpers) {
+  pool.spawn(this, helpers);
+  participate_(*this, ctx_);
+  // A worker's helpers went onto its own deque; those still there found no
+  // thief (everyone busy, e.g. a nested loop): take them back now instead of
+  // leaving no-op tasks behind.
+  if (pool.worker_index() >= 0) {
+    for (int k = 0; k < helpers; ++k) {
+      Task* t = pool.pop_own();
+      if (t == nullptr) break;
+      if (t != this) {  // not ours (our helpers were all stolen): put it back, stop
+        pool.spawn(t, 1);
+        break;
+      }
+      release();
+    }
+  }
+  for (int s = 0; s < kJoinSpin && finished_.load(std::memory_order_acquire) == 0; ++s) cpu_relax();
+  while (finished_.load(std::memory_order_acquire) == 0) finished_.wait(0, std::memory_order_acquire);
+  // finished_ (acquire) makes error_ and failed_ of every participant visible.
+  const bool failed = failed_.load(std::memory_order_relaxed);
+  std::exception_ptr error = failed ? error_ : nullptr;
+  release();
+  if (failed) std::rethrow_exception(error);
+}
+
+}  // namespace shoal::detail
