@@ -2,10 +2,13 @@
 // Data flow and the meaning of every atomic: include/shoal/thread_pool.hpp.
 #include "shoal/thread_pool.hpp"
 
+#include "shoal/allocation.hpp"
+
 #include <pthread.h>
 #include <sched.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -268,15 +271,16 @@ int ThreadPool::worker_index() const noexcept { return tl_pool == this ? tl_inde
 
 ThreadPool* ThreadPool::current() noexcept { return tl_pool; }
 
-// TODO(merge): use shoal::default_concurrency() from shoal/allocation.hpp.
+// SHOAL_NUM_THREADS wins: the process backend sets it to cpus / workers in each
+// worker so that workers x threads never exceeds the allocation. Otherwise the
+// allocation (affinity, cgroup quota, SLURM) decides, never the host's core count.
 int ThreadPool::default_concurrency() {
   if (const char* env = std::getenv("SHOAL_NUM_THREADS"); env && *env) {
     char* end = nullptr;
     long v = std::strtol(env, &end, 10);
     if (end && *end == '\0' && v > 0 && v < (1 << 20)) return static_cast<int>(v);
   }
-  const int n = static_cast<int>(allowed_cpus().size());
-  return n > 0 ? n : 1;
+  return std::max(1, shoal::default_concurrency());
 }
 
 ThreadPool& ThreadPool::global() {

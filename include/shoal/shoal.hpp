@@ -2,6 +2,8 @@
 #pragma once
 #include "shoal/allocation.hpp"
 #include "shoal/check.hpp"
+#include "shoal/parallel.hpp"
 #include "shoal/shm_segment.hpp"
+#include "shoal/thread_pool.hpp"
 #include "shoal/topology.hpp"
 #include "shoal/version.hpp"
