@@ -2,6 +2,7 @@
 // may wait releases the GIL; frames are copied straight into Python bytes.
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/function.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
