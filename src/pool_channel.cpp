@@ -1,5 +1,6 @@
 #include "shoal/pool_channel.hpp"
 
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -163,6 +164,7 @@ bool PoolChannel::wait_driver(std::uint32_t seen, std::int64_t timeout_ns,
       if (ready()) return true;
       detail::cpu_relax();
     }
+    if (spin_ns > 0) sched_yield();  // the worker we wait for may need this core
   } while (static_cast<std::int64_t>(detail::monotonic_ns() - start) < spin_ns);
   const std::uint64_t deadline = timeout_ns < 0 ? 0 : start + static_cast<std::uint64_t>(timeout_ns);
   while (true) {

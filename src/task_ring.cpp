@@ -3,6 +3,7 @@
 #include <linux/futex.h>
 #include <sys/syscall.h>
 #include <time.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <climits>
@@ -111,6 +112,8 @@ bool TaskRing::wait_readable(std::int64_t timeout_ns, std::int64_t spin_ns) noex
     }
     const auto waited = static_cast<std::int64_t>(monotonic_ns() - start);
     if (waited >= spin_ns) break;
+    // On an oversubscribed machine the producer may need this very core.
+    sched_yield();
   }
   const std::uint64_t deadline = timeout_ns < 0 ? 0 : start + static_cast<std::uint64_t>(timeout_ns);
   while (true) {

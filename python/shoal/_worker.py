@@ -24,6 +24,8 @@ import traceback
 # Frame kinds and flags: shoal/frame.hpp.
 FUNCTION_DEF, CALL, BATCH, RESULT, FAILURE, CONTROL = 1, 2, 3, 4, 5, 6
 INDIRECT = 1
+#: how long an idle worker spins before it sleeps on the futex
+_SPIN_US = float(os.environ.get("SHOAL_WORKER_SPIN_US", "50"))
 
 
 class RemoteErrorStandIn(Exception):
@@ -165,7 +167,7 @@ class Worker:
         chan, slot, driver = self.chan, self.slot, self.driver
         handle = self.handle
         while True:
-            frames = chan.next_tasks(slot, 1.0, 50.0)
+            frames = chan.next_tasks(slot, 1.0, _SPIN_US)
             if chan.is_shutdown:
                 return
             if not frames:
