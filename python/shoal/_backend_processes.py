@@ -210,6 +210,7 @@ class _Engine:
         self.stopped = False      # workers are gone
         self.broken: BaseException | None = None
         self.init_data = None
+        self.init_payload = None
         if initializer is not None:
             self.init_payload = _serialize.dumps((initializer, tuple(initargs)))
             self.init_data = bytes(self.init_payload.data)
@@ -684,6 +685,7 @@ class _Engine:
     def _finish(self, done: list) -> None:
         loads = _serialize.loads
         for task, kind, flags, data in done:
+            task.keep = None  # the worker has loaded its arguments: free their segments
             if task.timeout_ns:
                 self.timed.discard(task.id)
             if kind == RESULT:
@@ -911,6 +913,7 @@ class _Engine:
             self.fns.clear()
             self.fn_data.clear()
             self.init_data = None
+            self.init_payload = None
             for task in self.tasks.values():
                 task.keep = None
 
