@@ -241,7 +241,7 @@ TEST(WorkerSupervisor, ReportsExitCodesAndSignalsAtOnce) {
   shoal::WorkerSupervisor sup([&] { rung.fetch_add(1); });
   std::vector<std::string> env{"PATH=/usr/bin:/bin"};
   pid_t a = sup.spawn(0, {"/bin/sh", "-c", "exit 3"}, env, ch.fd());
-  pid_t b = sup.spawn(1, {"/bin/sh", "-c", "sleep 30"}, env, ch.fd());
+  pid_t b = sup.spawn(1, {"/bin/sh", "-c", "exec sleep 30"}, env, ch.fd());
   ASSERT_GT(a, 0);
   ASSERT_GT(b, 0);
   EXPECT_TRUE(sup.signal(b, SIGKILL));
@@ -271,7 +271,7 @@ TEST(WorkerSupervisor, ReportsExitCodesAndSignalsAtOnce) {
 TEST(WorkerSupervisor, StopKillsWhatDoesNotLeave) {
   auto ch = shoal::PoolChannel::create(1, 4096);
   shoal::WorkerSupervisor sup(nullptr);
-  pid_t p = sup.spawn(0, {"/bin/sh", "-c", "trap '' TERM; sleep 30"}, {}, ch.fd());
+  pid_t p = sup.spawn(0, {"/bin/sh", "-c", "trap '' TERM; exec sleep 30"}, {}, ch.fd());
   sup.stop(0.05);
   EXPECT_EQ(sup.alive(), 0u);
   EXPECT_NE(kill(p, 0), 0);  // reaped: the pid no longer exists
