@@ -205,6 +205,7 @@ class _Engine:
         self.backlog: deque[_Task] = deque()
         self.fns: OrderedDict[int, tuple] = OrderedDict()  # id(fn) -> (fn, fn_id, data, keep)
         self.fn_data: dict[int, bytes] = {}                # fn_id -> data (for resends)
+        self.fn_keep: list = []                            # segments of huge FunctionDefs
         self.slots = [_Slot(i, max_tasks_per_worker) for i in range(workers)]
         self.closing = False      # no new tasks
         self.stopped = False      # workers are gone
@@ -330,12 +331,14 @@ class _Engine:
         if fn_id not in s.sent_fns:
             data = self.fn_data[fn_id]
             flags = 0
-            keep = None
             if len(data) > self.limit:
-                data, keep = self._indirect(data)
+                # Huge closures: the segment lives as long as the pool (its
+                # name is unlinked when the pool closes).
+                data, seg = self._indirect(data)
+                self.fn_keep.append(seg)
                 flags = INDIRECT
             frames.append((fn_id, FUNCTION_DEF, flags, data))
-            owners.append(keep)
+            owners.append(None)
         if tasks[0].data is not None:
             for t in tasks:
                 data, flags = t.data, 0
@@ -446,7 +449,9 @@ class _Engine:
 
     # ------------------------------------------------------------ map
     def map(self, fn: Callable, iterable: Iterable, chunksize: int | None, ordered: bool,
-            timeout: float | None) -> Iterator[Any]:
+            timeout: float | None, *, chunks: bool = False) -> Iterator[Any]:
+        """Iterator over fn(x) for x in iterable; with chunks=True over lists
+        of results (one per task: saves a generator step per item)."""
         from ._mapping import auto_chunksize, chunked, run_chunk
 
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -463,7 +468,11 @@ class _Engine:
             n_units = n
         else:
             task_fn = functools.partial(run_chunk, fn)
-            units = chunked(iterable, chunksize)
+            if isinstance(iterable, (range, list, tuple)):
+                # Slices: a range chunk pickles as three integers.
+                units = (iterable[i: i + chunksize] for i in range(0, n, chunksize))
+            else:
+                units = chunked(iterable, chunksize)
             n_units = None if n is None else -(-n // chunksize)
         # Tasks per Batch frame: enough to amortize a frame, few enough to balance.
         if n_units is None:
@@ -477,7 +486,7 @@ class _Engine:
             self._check_open()
             fn_id = self._fn_id(task_fn)
         return self._map_iter(job, fn_id, name, units, per_frame, window, deadline,
-                              chunksize > 1)
+                              chunksize > 1, chunks)
 
     def _map_submit(self, job: _MapJob, fn_id: int, name: str, items: list) -> None:
         results = job.results
@@ -502,7 +511,8 @@ class _Engine:
                 self.backlog.extend(tasks)
 
     def _map_iter(self, job: _MapJob, fn_id: int, name: str, units: Iterator, per_frame: int,
-                  window: int, deadline: float | None, flatten: bool) -> Iterator[Any]:
+                  window: int, deadline: float | None, flatten: bool,
+                  chunks: bool = False) -> Iterator[Any]:
         results = job.results
         nxt = 0            # next index to yield (ordered)
         yielded = 0
@@ -542,7 +552,9 @@ class _Engine:
                         raise r.exc
                     if not exhausted and len(results) - yielded < window // 2:
                         refill()
-                    if flatten:
+                    if chunks:
+                        yield r if flatten else (r,)
+                    elif flatten:
                         yield from r
                     else:
                         yield r
@@ -640,6 +652,7 @@ class _Engine:
         """One collection pass: deaths, results, time limits, backlog.
         Returns the number of frames collected."""
         done: list = []
+        fast: list = []
         with self.lock:
             if self.stopped:
                 return 0
@@ -648,25 +661,43 @@ class _Engine:
             if frames:
                 tasks = self.tasks
                 slots = self.slots
-                for slot, tid, kind, flags, data in frames:
+                for frame in frames:
+                    slot, tid, kind, flags, data = frame
                     if tid == 0:
                         self._control(slots[slot], kind, data, done)
                         continue
                     task = tasks.pop(tid, None)
                     if task is None:
                         continue  # cancelled or abandoned meanwhile
-                    slots[slot].tasks.pop(tid, None)
-                    done.append((task, kind, flags, data))
+                    del slots[slot].tasks[tid]
+                    if task.job is not None and kind == RESULT and not flags:
+                        fast.append((task, data))  # the common case of map, see below
+                    else:
+                        done.append((task, kind, flags, data))
             for slot, pid, code, sig in exits:
                 self._on_death(slot, pid, code, sig, done)
             if self.timed:
                 self._check_time_limits()
             if self.backlog:
                 self._flush_backlog()
+        if fast:
+            loads = _serialize.loads
+            for task, data in fast:
+                job = task.job
+                try:
+                    value = loads(data, adopt=True)
+                except BaseException as exc:  # noqa: BLE001
+                    value = _Failed(SerializationError(
+                        f"the result of task {task.id} ({task.name}) could not be loaded: "
+                        f"{type(exc).__name__}: {exc}"))
+                if not job.cancelled:
+                    job.results[task.index] = value
+                    if not job.ordered:
+                        job.done.append(task.index)
         if done:
             self._finish(done)
-            if self.waiters:
-                self.chan.ring_doorbell()
+        if (done or fast) and self.waiters:
+            self.chan.ring_doorbell()
         return len(frames) + len(exits)
 
     def _control(self, s: _Slot, kind: int, data: bytes, done: list) -> None:
@@ -912,6 +943,7 @@ class _Engine:
         with self.lock:
             self.fns.clear()
             self.fn_data.clear()
+            self.fn_keep.clear()
             self.init_data = None
             self.init_payload = None
             for task in self.tasks.values():
@@ -961,6 +993,17 @@ class ProcessBackend(Backend):
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
         return self._engine.map(fn, iterable, chunksize, ordered, timeout)
+
+    def map_list(self, fn: Callable, iterable: Iterable, *,
+                 chunksize: int | None = None) -> list:
+        """``list(map(...))`` without a generator step per item."""
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        out: list = []
+        extend = out.extend
+        for part in self._engine.map(fn, iterable, chunksize, True, None, chunks=True):
+            extend(part)
+        return out
 
     def cancel_running(self, future: Future) -> bool:
         return self._engine.cancel_running(future)
