@@ -307,19 +307,31 @@ class _Engine:
                 task.timeout_ns = int(timeout * 1e9)
                 self.timed.add(tid)
             self.tasks[tid] = task
-            if self.backlog or not self._place([task]):
+            # Fast path (every task after the first of a function): one frame
+            # to the least-loaded worker that already has the function.
+            s = self._pick_slot()
+            if (s is not None and not self.backlog and fn_id in s.sent_fns
+                    and len(task.data) <= self.limit
+                    and (s.budget is None or s.budget > 0)
+                    and self.chan.push_task(s.index, tid, CALL, 0, task.data)):
+                task.slot = s.index
+                s.tasks[tid] = task
+                if s.budget is not None:
+                    s.budget -= 1
+            elif self.backlog or not self._place([task]):
                 self.backlog.append(task)
             if self.timed:
                 self.chan.ring_doorbell()  # the collector recomputes its wake-up time
         return fut
 
     def _pick_slot(self) -> _Slot | None:
+        """The worker with the fewest outstanding tasks (and budget left)."""
         best = None
+        least = 1 << 62
         for s in self.slots:
-            if s.budget is not None and s.budget <= 0:
-                continue
-            if best is None or len(s.tasks) < len(best.tasks):
-                best = s
+            n = len(s.tasks)
+            if n < least and (s.budget is None or s.budget > 0):
+                best, least = s, n
         return best
 
     def _frames_for(self, s: _Slot, tasks: list[_Task]) -> tuple[list, list]:
