@@ -43,10 +43,11 @@ import signal as _signal
 import sys
 import threading
 import time
+import types
 import weakref
 from collections import OrderedDict, deque
 from concurrent.futures import CancelledError, Future, InvalidStateError
-from concurrent.futures._base import RUNNING as _RUNNING
+from concurrent.futures._base import PENDING as _F_PENDING, RUNNING as _RUNNING
 from typing import Any, Callable, Iterable, Iterator
 
 from . import _serialize
@@ -132,7 +133,7 @@ class ProcessFuture(Future):
 
     def __init__(self, engine: "_Engine") -> None:  # noqa: D107 - see class doc
         self._condition = engine.future_cond
-        self._state = _RUNNING  # dispatched at once; cancel() of a queued task: see cancel_running
+        self._state = _F_PENDING  # RUNNING once its frame is on a worker's ring
         self._result = None
         self._exception = None
         self._waiters = []
@@ -199,6 +200,7 @@ class _Engine:
         self.future_cond = threading.Condition()  # shared by every ProcessFuture
         self.waiters = 0
         self.last_waiter = 0.0
+        self.dead_pids: list[int] = []
         self.ids = itertools.count(1)
         self.tasks: dict[int, _Task] = {}
         self.timed: set[int] = set()
@@ -262,19 +264,42 @@ class _Engine:
         return [s.pid for s in self.slots if s.pid]
 
     # ------------------------------------------------------------ submitting
-    def _fn_id(self, fn: Callable) -> int:
-        key = id(fn)
+    def _fn_id(self, fn: Callable, chunked: bool = False) -> int:
+        """The id under which workers know fn (pickled once per pool, sent once
+        per worker). chunked: the function of map chunks, partial(run_chunk, fn).
+        Bound methods are keyed by (object, function): a new bound-method
+        object per attribute access must not mean a new pickle per task."""
+        if isinstance(fn, types.MethodType):
+            key = (id(fn.__self__), id(fn.__func__), chunked)
+            ident = (fn.__self__, fn.__func__)
+        else:
+            key = (id(fn), chunked)
+            ident = fn
         entry = self.fns.get(key)
-        if entry is not None and entry[0] is fn:
+        if entry is not None and (entry[0] is ident or (
+                type(ident) is tuple and type(entry[0]) is tuple
+                and entry[0][0] is ident[0] and entry[0][1] is ident[1])):
             self.fns.move_to_end(key)
             return entry[1]
-        payload = _serialize.dumps(fn)  # may raise SerializationError: nothing changed yet
+        if chunked:
+            from ._mapping import run_chunk
+
+            obj = functools.partial(run_chunk, fn)
+        else:
+            obj = fn
+        payload = _serialize.dumps(obj)  # may raise SerializationError: nothing changed yet
         fn_id = next(self.ids)
-        self.fns[key] = (fn, fn_id, payload)
+        self.fns[key] = (ident, fn_id, payload)
         self.fn_data[fn_id] = bytes(payload.data)
         if len(self.fns) > _FN_CACHE_SIZE:
             _, (_, old_id, _) = self.fns.popitem(last=False)
             self.fn_data.pop(old_id, None)
+            # Workers forget it too (best effort: a full ring just keeps it).
+            forget = _serialize.dumps({"forget": [old_id]}).data
+            for s in self.slots:
+                if old_id in s.sent_fns:
+                    s.sent_fns.discard(old_id)
+                    self.chan.push_task(s.index, 0, CONTROL, 0, forget)
         return fn_id
 
     def _check_open(self) -> None:
@@ -314,6 +339,7 @@ class _Engine:
                     and len(task.data) <= self.limit
                     and (s.budget is None or s.budget > 0)
                     and self.chan.push_task(s.index, tid, CALL, 0, task.data)):
+                fut._state = _RUNNING  # nobody else holds fut yet: no lock needed
                 task.slot = s.index
                 s.tasks[tid] = task
                 if s.budget is not None:
@@ -404,6 +430,8 @@ class _Engine:
             for t in pushed_tasks:
                 t.slot = s.index
                 s.tasks[t.id] = t
+                if t.future is not None and t.future._state == _F_PENDING:
+                    t.future.set_running_or_notify_cancel()
             if s.budget is not None:
                 s.budget -= len(pushed_tasks)
             rest = [t for o in owners[n:] if isinstance(o, list) for t in o]
@@ -416,6 +444,9 @@ class _Engine:
         for t in tasks:
             t.slot = idx
             st[t.id] = t
+            if t.future is not None and t.future._state == _F_PENDING:
+                # False if cancelled meanwhile: it runs, nobody gets the result.
+                t.future.set_running_or_notify_cancel()
         if s.budget is not None:
             s.budget -= len(tasks)
         return True
@@ -442,8 +473,11 @@ class _Engine:
         backlog = self.backlog
         while backlog:
             first = backlog[0]
-            if first.id not in self.tasks:  # completed/cancelled meanwhile
-                backlog.popleft()
+            if first.id not in self.tasks or (first.future is not None
+                                              and first.future.cancelled()):
+                backlog.popleft()  # completed or cancelled meanwhile
+                self.tasks.pop(first.id, None)
+                self.timed.discard(first.id)
                 continue
             group = [backlog.popleft()]
             limit = 64 if first.data is None else 1
@@ -479,7 +513,7 @@ class _Engine:
             task_fn, units = fn, iter(iterable)
             n_units = n
         else:
-            task_fn = functools.partial(run_chunk, fn)
+            task_fn = fn
             if isinstance(iterable, (range, list, tuple)):
                 # Slices: a range chunk pickles as three integers.
                 units = (iterable[i: i + chunksize] for i in range(0, n, chunksize))
@@ -496,7 +530,7 @@ class _Engine:
         name = _describe_fn(fn)
         with self.lock:
             self._check_open()
-            fn_id = self._fn_id(task_fn)
+            fn_id = self._fn_id(task_fn, chunked=chunksize > 1)
         return self._map_iter(job, fn_id, name, units, per_frame, window, deadline,
                               chunksize > 1, chunks)
 
@@ -708,6 +742,13 @@ class _Engine:
                         job.done.append(task.index)
         if done:
             self._finish(done)
+        if self.dead_pids:
+            # Segments a dead worker created and no frame refers to any more
+            # (it died between creating and sending): its results are loaded.
+            with self.lock:
+                dead, self.dead_pids = self.dead_pids, []
+            for pid in dead:
+                self.core.sweep_segments_of(pid)
         if (done or fast) and self.waiters:
             self.chan.ring_doorbell()
         return len(frames) + len(exits)
@@ -790,6 +831,7 @@ class _Engine:
         s = self.slots[slot]
         if s.pid != pid:
             return
+        self.dead_pids.append(pid)
         # Results it pushed before dying were drained in this pass already.
         for slot_, tid, kind, flags, data in self.chan.drain_slot(slot):
             task = self.tasks.pop(tid, None)

@@ -159,6 +159,10 @@ class Worker:
             self.control(self.serialize.loads(data))
 
     def control(self, msg: dict) -> None:
+        if "forget" in msg:
+            for fn_id in msg["forget"]:
+                self.fns.pop(fn_id, None)
+            return
         if "sys_path" in msg:
             sys.path[:] = msg["sys_path"]
         if msg.get("init") is not None:

@@ -283,3 +283,39 @@ def test_terminate_and_gc_release_everything_while_driver_lives(mode, tmp_path):
     finally:
         proc.kill()
         proc.communicate()
+
+
+def test_full_rings_spill_to_a_backlog_that_keeps_order_and_can_be_cancelled():
+    from shoal import _backend
+
+    b = _backend.create("processes", 1, ring_bytes=4096)  # a few frames fill it
+    try:
+        blocker = b.submit(sleep_return, (0.5, "first"))
+        futs = [b.submit(sleep_return, (0, i)) for i in range(300)]
+        assert not all(f.running() for f in futs)  # some are queued in the driver
+        victim = futs[-1]
+        assert victim.cancel() and victim.cancelled()
+        assert blocker.result(timeout=30) == "first"
+        assert [f.result(timeout=30) for f in futs[:-1]] == list(range(299))
+        # results larger than the ring travel through a segment
+        big = b.submit(sleep_return, (0, b"y" * 100_000)).result(timeout=30)
+        assert big == b"y" * 100_000
+        assert list(b.map(square, range(2000), chunksize=1)) == [i * i for i in range(2000)]
+    finally:
+        b.terminate()
+
+
+def test_many_distinct_functions_and_bound_methods(pool):
+    fns = [lambda x, k=k: x + k for k in range(300)]  # more than the function cache holds
+    assert [pool.apply(f, (1,)) for f in fns] == [1 + k for k in range(300)]
+
+    class Acc:
+        def __init__(self):
+            self.base = 5
+
+        def plus(self, x):
+            return self.base + x
+
+    acc = Acc()
+    assert [pool.apply(acc.plus, (i,)) for i in range(50)] == [5 + i for i in range(50)]
+    assert len(pool.backend._engine.fns) <= 256
