@@ -682,7 +682,9 @@ class _Engine:
                                 cause=exc, done=done)
                 self._finish(done)
                 return
-            if self.closing and not self.tasks and not self.stopped:
+            if self.stopped:
+                return
+            if self.closing and not self.tasks:
                 self.close(1.0)
                 return
             if found:

@@ -206,9 +206,10 @@ class _Unloadable:
 
 def _cap_native_threads() -> None:
     # The env (OMP_NUM_THREADS, ...) caps libraries loaded later; threadpoolctl
-    # caps the ones the initializer already loaded.
+    # caps the ones the initializer already loaded (importing it costs 20 ms of
+    # worker start, so only when a BLAS/OpenMP user is there).
     n = os.environ.get("SHOAL_NUM_THREADS")
-    if not n:
+    if not n or not any(m in sys.modules for m in ("numpy", "scipy", "torch", "sklearn")):
         return
     try:
         from threadpoolctl import threadpool_limits
