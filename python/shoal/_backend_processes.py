@@ -39,6 +39,7 @@ from __future__ import annotations
 import functools
 import itertools
 import os
+import pickle
 import signal as _signal
 import sys
 import threading
@@ -47,7 +48,7 @@ import types
 import weakref
 from collections import OrderedDict, deque
 from concurrent.futures import CancelledError, Future, InvalidStateError
-from concurrent.futures._base import PENDING as _F_PENDING, RUNNING as _RUNNING
+from concurrent.futures._base import FINISHED as _FINISHED, PENDING as _F_PENDING, RUNNING as _RUNNING
 from typing import Any, Callable, Iterable, Iterator
 
 from . import _serialize
@@ -60,6 +61,8 @@ FUNCTION_DEF, CALL, BATCH, RESULT, FAILURE, CONTROL = 1, 2, 3, 4, 5, 6
 INDIRECT = 1
 
 _PENDING = object()
+_SCALARS = frozenset({int, float, bool, str, bytes, complex, type(None)})
+_pickle_dumps = pickle.dumps
 _FN_CACHE_SIZE = 256
 #: per-ring bytes (each worker has a task ring and a result ring)
 RING_BYTES = 1 << 20
@@ -141,6 +144,8 @@ class ProcessFuture(Future):
         self._engine = engine
 
     def result(self, timeout: float | None = None) -> Any:
+        if self._state is _FINISHED and self._exception is None:
+            return self._result  # set once, never changes afterwards
         if not self.done() and not self._engine.wait_until(self.done, timeout):
             raise TimeoutError()
         return super().result(timeout=0)
@@ -205,7 +210,8 @@ class _Engine:
         self.tasks: dict[int, _Task] = {}
         self.timed: set[int] = set()
         self.backlog: deque[_Task] = deque()
-        self.fns: OrderedDict[int, tuple] = OrderedDict()  # id(fn) -> (fn, fn_id, data, keep)
+        # (id(fn), chunked) -> (fn, fn_id, payload, name); insertion-ordered
+        self.fns: OrderedDict[tuple, tuple] = OrderedDict()
         self.fn_data: dict[int, bytes] = {}                # fn_id -> data (for resends)
         self.fn_keep: list = []                            # segments of huge FunctionDefs
         self.slots = [_Slot(i, max_tasks_per_worker) for i in range(workers)]
@@ -279,8 +285,7 @@ class _Engine:
         if entry is not None and (entry[0] is ident or (
                 type(ident) is tuple and type(entry[0]) is tuple
                 and entry[0][0] is ident[0] and entry[0][1] is ident[1])):
-            self.fns.move_to_end(key)
-            return entry[1]
+            return entry[1]  # eviction is FIFO: a re-pickle now and then is cheap
         if chunked:
             from ._mapping import run_chunk
 
@@ -289,10 +294,10 @@ class _Engine:
             obj = fn
         payload = _serialize.dumps(obj)  # may raise SerializationError: nothing changed yet
         fn_id = next(self.ids)
-        self.fns[key] = (ident, fn_id, payload)
+        self.fns[key] = (ident, fn_id, payload, _describe_fn(fn))
         self.fn_data[fn_id] = bytes(payload.data)
         if len(self.fns) > _FN_CACHE_SIZE:
-            _, (_, old_id, _) = self.fns.popitem(last=False)
+            _, (_, old_id, _, _) = self.fns.popitem(last=False)
             self.fn_data.pop(old_id, None)
             # Workers forget it too (best effort: a full ring just keeps it).
             forget = _serialize.dumps({"forget": [old_id]}).data
@@ -310,21 +315,36 @@ class _Engine:
 
     def submit(self, fn: Callable, args: tuple, kwargs: dict | None,
                timeout: float | None) -> Future:
+        # The hot path of Executor.submit: every line here costs per task.
         fut = ProcessFuture(self)
         with self.lock:
-            self._check_open()
-            fn_id = self._fn_id(fn)
+            if self.broken is not None or self.closing:
+                self._check_open()
+            entry = self.fns.get((id(fn), False))
+            if entry is not None and entry[0] is fn:
+                fn_id = entry[1]
+            else:
+                fn_id = self._fn_id(fn)
+                entry = self.fns.get((id(fn), False))
             tid = next(self.ids)
-            try:
-                payload = _serialize.dumps((fn_id, args, kwargs))
-            except SerializationError as exc:
-                fut.set_exception(exc)
-                return fut
             task = _Task(tid, fn_id)
-            task.data = bytes(payload.data)
-            task.keep = payload if payload.segments else None
+            if kwargs is None and len(args) <= 4 and all(type(a) in _SCALARS for a in args):
+                # Scalars: nothing can go out of band or refer to __main__, so
+                # the serializer would only add its bookkeeping to a pickle.
+                data = task.data = _pickle_dumps((fn_id, args, None), 5)
+            else:
+                try:
+                    payload = _serialize.dumps((fn_id, args, kwargs))
+                except SerializationError as exc:
+                    fut.set_exception(exc)
+                    return fut
+                data = task.data = payload.data
+                if type(data) is not bytes:
+                    data = task.data = bytes(data)
+                if payload.segments:
+                    task.keep = payload
             task.future = fut
-            task.name = _describe_fn(fn)
+            task.name = entry[3] if entry is not None else _describe_fn(fn)
             fut._shoal_task = task
             if timeout is not None:
                 if timeout <= 0:
@@ -336,9 +356,8 @@ class _Engine:
             # to the least-loaded worker that already has the function.
             s = self._pick_slot()
             if (s is not None and not self.backlog and fn_id in s.sent_fns
-                    and len(task.data) <= self.limit
-                    and (s.budget is None or s.budget > 0)
-                    and self.chan.push_task(s.index, tid, CALL, 0, task.data)):
+                    and len(data) <= self.limit
+                    and self.chan.push_task(s.index, tid, CALL, 0, data)):
                 fut._state = _RUNNING  # nobody else holds fut yet: no lock needed
                 task.slot = s.index
                 s.tasks[tid] = task
@@ -718,8 +737,8 @@ class _Engine:
                     if task is None:
                         continue  # cancelled or abandoned meanwhile
                     del slots[slot].tasks[tid]
-                    if task.job is not None and kind == RESULT and not flags:
-                        fast.append((task, data))  # the common case of map, see below
+                    if kind == RESULT and not flags and not task.timeout_ns:
+                        fast.append((task, data))  # the common case, see below
                     else:
                         done.append((task, kind, flags, data))
             for slot, pid, code, sig in exits:
@@ -729,19 +748,7 @@ class _Engine:
             if self.backlog:
                 self._flush_backlog()
         if fast:
-            loads = _serialize.loads
-            for task, data in fast:
-                job = task.job
-                try:
-                    value = loads(data, adopt=True)
-                except BaseException as exc:  # noqa: BLE001
-                    value = _Failed(SerializationError(
-                        f"the result of task {task.id} ({task.name}) could not be loaded: "
-                        f"{type(exc).__name__}: {exc}"))
-                if not job.cancelled:
-                    job.results[task.index] = value
-                    if not job.ordered:
-                        job.done.append(task.index)
+            self._finish_values(fast)
         if done:
             self._finish(done)
         if self.dead_pids:
@@ -767,6 +774,45 @@ class _Engine:
                 exc = e
             self._break(BrokenPool(f"the pool's initializer raised {type(exc).__name__}: {exc}"),
                         cause=exc, done=done)
+
+    def _finish_values(self, fast: list) -> None:
+        """Completes tasks whose result frame arrived (most of them): map slots
+        directly; Futures all under one acquisition of their shared condition
+        with one notify_all, callbacks after it."""
+        loads = _serialize.loads
+        futs = []
+        for task, data in fast:
+            task.keep = None
+            try:
+                value = loads(data, adopt=True)
+            except BaseException as exc:  # noqa: BLE001
+                self._deliver_exc(task, SerializationError(
+                    f"the result of task {task.id} ({task.name}) could not be loaded: "
+                    f"{type(exc).__name__}: {exc}"))
+                continue
+            job = task.job
+            if job is not None:
+                if not job.cancelled:
+                    job.results[task.index] = value
+                    if not job.ordered:
+                        job.done.append(task.index)
+            else:
+                futs.append((task.future, value))
+        if not futs:
+            return
+        callbacks = []
+        with self.future_cond:
+            for fut, value in futs:
+                if fut._state is _RUNNING or fut._state is _F_PENDING:
+                    fut._result = value
+                    fut._state = _FINISHED
+                    for waiter in fut._waiters:
+                        waiter.add_result(fut)
+                    if fut._done_callbacks:
+                        callbacks.append(fut)
+            self.future_cond.notify_all()
+        for fut in callbacks:
+            fut._invoke_callbacks()
 
     def _finish(self, done: list) -> None:
         loads = _serialize.loads

@@ -17,6 +17,7 @@ memory segments on its way out.
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import sys
 import traceback
@@ -24,6 +25,8 @@ import traceback
 # Frame kinds and flags: shoal/frame.hpp.
 FUNCTION_DEF, CALL, BATCH, RESULT, FAILURE, CONTROL = 1, 2, 3, 4, 5, 6
 INDIRECT = 1
+_SCALARS = frozenset({int, float, bool, complex, type(None)})
+_pickle_dumps = pickle.dumps
 #: how long an idle worker spins before it sleeps on the futex
 _SPIN_US = float(os.environ.get("SHOAL_WORKER_SPIN_US", "50"))
 
@@ -104,6 +107,12 @@ class Worker:
             self.done += 1
             return
         # Still "current" while the result is serialized: a crash there is this task's.
+        if type(value) in _SCALARS:
+            # Nothing out of band, no __main__ reference: a plain pickle.
+            chan.push_result(slot, task_id, RESULT, 0, _pickle_dumps(value, 5))
+            chan.set_current(slot, 0)
+            self.done += 1
+            return
         try:
             payload = self.dumps(value)
         except BaseException as exc:  # noqa: BLE001 - reported to the caller
