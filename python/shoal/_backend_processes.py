@@ -82,29 +82,31 @@ class _Failed:
 
 
 class _Task:
-    __slots__ = ("id", "fn_id", "data", "keep", "future", "job", "index", "item", "slot",
-                 "attempts", "timeout_ns", "kill_reason", "name")
+    """One task. Defaults live on the class, so that creating one (a map of a
+    million items creates a million) costs two attribute stores."""
+
+    data = None        # Call payload bytes (None for map items: pickled per batch)
+    keep = None        # what must stay alive until the result (segments)
+    future = None
+    job = None
+    index = 0
+    item = None
+    slot = -1
+    attempts = 0
+    timeout_ns = 0
+    kill_reason = None
+    name = ""
 
     def __init__(self, tid: int, fn_id: int) -> None:
         self.id = tid
         self.fn_id = fn_id
-        self.data = None        # Call payload bytes (None for map items: pickled per batch)
-        self.keep = None        # what must stay alive until the result (segments)
-        self.future = None
-        self.job = None
-        self.index = 0
-        self.item = None
-        self.slot = -1
-        self.attempts = 0
-        self.timeout_ns = 0
-        self.kill_reason = None
-        self.name = ""
 
 
 class _MapJob:
-    __slots__ = ("results", "done", "ordered", "cancelled")
+    __slots__ = ("results", "done", "ordered", "cancelled", "name")
 
-    def __init__(self, ordered: bool) -> None:
+    def __init__(self, ordered: bool, name: str = "") -> None:
+        self.name = name
         self.results: list = []
         self.done: deque = deque()  # completed indices, for unordered maps
         self.ordered = ordered
@@ -161,6 +163,12 @@ def _describe_fn(fn: Any) -> str:
     if isinstance(fn, functools.partial):
         return _describe_fn(fn.func)
     return name or type(fn).__name__
+
+
+def _task_name(task: "_Task") -> str:
+    if task.name:
+        return task.name
+    return task.job.name if task.job is not None else "?"
 
 
 def _exit_text(code: int, sig: int) -> str:
@@ -545,8 +553,8 @@ class _Engine:
         else:
             per_frame = max(1, min(512, n_units // (self.workers * 8)))
         window = max(per_frame * self.workers * 4, 2 * self.workers)
-        job = _MapJob(ordered)
         name = _describe_fn(fn)
+        job = _MapJob(ordered, name)
         with self.lock:
             self._check_open()
             fn_id = self._fn_id(task_fn, chunked=chunksize > 1)
@@ -555,21 +563,21 @@ class _Engine:
 
     def _map_submit(self, job: _MapJob, fn_id: int, name: str, items: list) -> None:
         results = job.results
-        tasks = []
-        ids = self.ids
-        for item in items:
-            t = _Task(next(ids), fn_id)
-            t.job = job
-            t.index = len(results)
-            t.item = item
-            t.name = name
-            results.append(_PENDING)
-            tasks.append(t)
+        base = len(results)
+        results.extend([_PENDING] * len(items))
+        tasks = [_Task(0, fn_id) for _ in items]
         with self.lock:
             self._check_open()
             alltasks = self.tasks
-            for t in tasks:
-                alltasks[t.id] = t
+            ids = self.ids
+            index = base
+            for t, item in zip(tasks, items):
+                tid = t.id = next(ids)
+                t.job = job
+                t.index = index
+                t.item = item
+                alltasks[tid] = t
+                index += 1
             if self.backlog:
                 self.backlog.extend(tasks)
             elif not self._place_checked(tasks):
@@ -602,7 +610,31 @@ class _Engine:
 
         try:
             refill()
-            if job.ordered:
+            if job.ordered and chunks:
+                # map_list: hand over every consecutive finished result at once.
+                while nxt < len(results):
+                    if results[nxt] is _PENDING:
+                        i = nxt
+                        if not self.wait_until(lambda: results[i] is not _PENDING, remaining()):
+                            raise TimeoutError("map() timed out")
+                    end = nxt + 1
+                    size = len(results)
+                    while end < size and results[end] is not _PENDING:
+                        end += 1
+                    run = results[nxt:end]
+                    results[nxt:end] = itertools.repeat(None, end - nxt)
+                    yielded += end - nxt
+                    nxt = end
+                    for r in run:
+                        if type(r) is _Failed:
+                            raise r.exc
+                    if not exhausted and len(results) - yielded < window // 2:
+                        refill()
+                    if flatten:
+                        yield list(itertools.chain.from_iterable(run))
+                    else:
+                        yield run
+            elif job.ordered:
                 while nxt < len(results):
                     r = results[nxt]
                     if r is _PENDING:
@@ -787,7 +819,7 @@ class _Engine:
                 value = loads(data, adopt=True)
             except BaseException as exc:  # noqa: BLE001
                 self._deliver_exc(task, SerializationError(
-                    f"the result of task {task.id} ({task.name}) could not be loaded: "
+                    f"the result of task {task.id} ({_task_name(task)}) could not be loaded: "
                     f"{type(exc).__name__}: {exc}"))
                 continue
             job = task.job
@@ -827,7 +859,7 @@ class _Engine:
                     value = loads(data, adopt=True)
                 except BaseException as exc:  # noqa: BLE001
                     self._deliver_exc(task, SerializationError(
-                        f"the result of task {task.id} ({task.name}) could not be loaded: "
+                        f"the result of task {task.id} ({_task_name(task)}) could not be loaded: "
                         f"{type(exc).__name__}: {exc}"))
                     continue
                 job = task.job
@@ -902,11 +934,11 @@ class _Engine:
                 continue
             if task.kill_reason == "timeout":
                 self._fail(task, TaskTimeout(
-                    f"task {task.id} ({task.name}) ran past its time limit of "
+                    f"task {task.id} ({_task_name(task)}) ran past its time limit of "
                     f"{task.timeout_ns / 1e9:g} s; worker {pid} was killed and replaced"), done)
             elif task.kill_reason == "cancel":
                 self._fail(task, CancelledError(
-                    f"task {task.id} ({task.name}) was cancelled while running; worker {pid} "
+                    f"task {task.id} ({_task_name(task)}) was cancelled while running; worker {pid} "
                     f"was killed and replaced"), done)
             else:
                 task.attempts += 1
@@ -914,7 +946,7 @@ class _Engine:
                     requeue.append(task)
                 else:
                     self._fail(task, WorkerLost(
-                        f"worker {pid} {how} while running task {task.id} ({task.name})",
+                        f"worker {pid} {how} while running task {task.id} ({_task_name(task)})",
                         exitcode=None if sig else code, signal=sig or None), done)
         self.backlog.extendleft(reversed(requeue))
         s.tasks = {}
