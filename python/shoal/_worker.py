@@ -133,6 +133,27 @@ class Worker:
         chan.set_current(slot, 0)
         self.done += 1
 
+    def run_batch(self, fn, ids: list, items: list) -> None:
+        """run_one for every item of a Batch frame, with the common case
+        (a scalar result) inlined: this loop is the inner loop of map()."""
+        chan, slot = self.chan, self.slot
+        set_current, push, dumps = chan.set_current, chan.push_result, _pickle_dumps
+        for tid, item in zip(ids, items):
+            set_current(slot, tid)
+            try:
+                value = fn(item)
+            except BaseException as exc:  # noqa: BLE001 - reported, the batch goes on
+                chan.set_current(slot, 0)
+                self.send_failure(tid, exc)
+                continue
+            if type(value) in _SCALARS:
+                push(slot, tid, RESULT, 0, dumps(value, 5))
+            else:
+                self.run_one(tid, _Value(value), (), None)
+                self.done -= 1  # counted below with the others
+        chan.set_current(slot, 0)
+        self.done += len(ids)
+
     def handle(self, task_id: int, kind: int, flags: int, data: bytes) -> None:
         if flags & INDIRECT:
             data = _read_indirect(data)
@@ -156,9 +177,7 @@ class Worker:
                 for tid in ids:
                     self.send_failure(tid, exc, f"task {tid} could not be loaded in the worker")
                 return
-            run_one = self.run_one
-            for tid, item in zip(ids, items):
-                run_one(tid, fn, (item,), None)
+            self.run_batch(fn, ids, items)
         elif kind == FUNCTION_DEF:
             try:
                 self.fns[task_id] = self.serialize.loads(data)
@@ -200,6 +219,18 @@ class Worker:
             # The driver never sends more than max_tasks tasks to one worker.
             if max_tasks and self.done >= max_tasks:
                 return
+
+
+class _Value:
+    """A finished value run through run_one's result path."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value) -> None:
+        self.value = value
+
+    def __call__(self):
+        return self.value
 
 
 class _Unloadable:
