@@ -127,9 +127,10 @@ class Worker:
             self.send(task_id, RESULT, data)
         else:
             chan.push_result(slot, task_id, RESULT, 0, data)
-        if payload.segments:
-            # The driver loads results with adopt=True: it unlinks the segments.
-            payload.release_names()
+        # The driver loads results with adopt=True: it unlinks the segments and
+        # takes over shoal.shared arrays the task created (the serializer's
+        # Payload knows what it holds).
+        payload.release_names()
         chan.set_current(slot, 0)
         self.done += 1
 
