@@ -206,6 +206,13 @@ class _Engine:
         self.retries = retries
         self.max_tasks = max_tasks_per_worker
         self.chan = _core.PoolChannel.create(workers, ring_bytes)
+        self.slots = [_Slot(i, max_tasks_per_worker) for i in range(workers)]
+        self.caps = self._thread_caps()
+        if _can_fork():
+            # The driver runs no thread yet (checked): forking is safe and
+            # skips an interpreter start per worker. Replacements are spawned.
+            for s in self.slots:
+                s.pid = self._fork_worker(s.index, max_tasks_per_worker or 0)
         self.sup = _core.WorkerSupervisor(self.chan)
         self.limit = self.chan.max_payload // 2
         self.lock = threading.Lock()
@@ -222,7 +229,6 @@ class _Engine:
         self.fns: OrderedDict[tuple, tuple] = OrderedDict()
         self.fn_data: dict[int, bytes] = {}                # fn_id -> data (for resends)
         self.fn_keep: list = []                            # segments of huge FunctionDefs
-        self.slots = [_Slot(i, max_tasks_per_worker) for i in range(workers)]
         self.closing = False      # no new tasks
         self.stopped = False      # workers are gone
         self.broken: BaseException | None = None
@@ -237,7 +243,11 @@ class _Engine:
             self.argv_base += ["--max-tasks", str(int(max_tasks_per_worker))]
         try:
             for s in self.slots:
-                self._start_worker(s)
+                if s.pid == 0:
+                    self._start_worker(s)
+                else:
+                    self.sup.adopt(s.index, s.pid)
+                    self._announce(s)
         except BaseException:
             self.close(0)
             raise
@@ -245,14 +255,32 @@ class _Engine:
         self.thread.start()
 
     # ------------------------------------------------------------ workers
+    def _thread_caps(self) -> dict:
+        threads = str(max(1, len(os.sched_getaffinity(0)) // self.workers))
+        return {var: threads for var in (
+            "SHOAL_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+            "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMBA_NUM_THREADS")}
+
+    def _fork_worker(self, slot: int, max_tasks: int) -> int:
+        fd, driver, caps = self.chan.fd, os.getpid(), self.caps
+        pid = os.fork()
+        if pid == 0:  # the child never returns from here
+            code = 70
+            try:
+                from . import _worker
+
+                code = _worker.run_forked(slot, driver, fd, max_tasks, caps)
+            except BaseException:  # noqa: BLE001 - report, then leave without cleanup
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        return pid
+
     def _worker_env(self) -> list[str]:
-        cpus = len(os.sched_getaffinity(0))
-        threads = str(max(1, cpus // self.workers))
         env = dict(os.environ)
-        for var in ("SHOAL_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                    "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
-                    "NUMBA_NUM_THREADS"):
-            env[var] = threads
+        env.update(self._thread_caps())
         # The worker must import this very shoal, wherever it was imported from.
         pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = os.pathsep.join([pkg_parent] + [p for p in
@@ -267,10 +295,13 @@ class _Engine:
         s.ready = False
         s.budget = self.max_tasks
         s.pid = 0
-        pid = self.sup.spawn(s.index, self.argv_base + ["--slot", str(s.index)], self.env,
-                             self.chan.fd)
-        s.pid = pid
-        self.chan.set_pid(s.index, pid)
+        s.pid = self.sup.spawn(s.index, self.argv_base + ["--slot", str(s.index)], self.env,
+                               self.chan.fd)
+        self._announce(s)
+
+    def _announce(self, s: _Slot) -> None:
+        """The first frame a new worker reads: sys.path and the initializer."""
+        self.chan.set_pid(s.index, s.pid)
         msg = {"sys_path": list(sys.path), "init": self.init_data}
         self.chan.push_tasks(s.index, [(0, CONTROL, 0, _serialize.dumps(msg).data)])
 
@@ -1082,6 +1113,21 @@ class _Engine:
             self.init_payload = None
             for task in self.tasks.values():
                 task.keep = None
+
+
+def _can_fork() -> bool:
+    """Fork only a driver that runs no other thread (C threads included, e.g.
+    OpenBLAS's), from its main thread (a forked worker's parent-death signal
+    follows the thread that forked it). SHOAL_START=spawn disables it."""
+    if os.environ.get("SHOAL_START", "auto") == "spawn":
+        return False
+    if threading.current_thread() is not threading.main_thread() or \
+            threading.active_count() != 1:
+        return False
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
 
 
 def _finalize(engine: _Engine) -> None:

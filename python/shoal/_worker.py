@@ -61,14 +61,14 @@ def _write_indirect(data: bytes) -> bytes:
 
 
 class Worker:
-    def __init__(self, slot: int, driver: int) -> None:
+    def __init__(self, slot: int, driver: int, fd: int = 3) -> None:
         from . import _core, _serialize
 
         self.slot = slot
         self.driver = driver
         self.core = _core
         self.serialize = _serialize
-        self.chan = _core.PoolChannel.attach_fd(3)
+        self.chan = _core.PoolChannel.attach_fd(fd)
         self.limit = self.chan.max_payload // 2
         self.fns: dict[int, object] = {}
         self.done = 0
@@ -258,6 +258,29 @@ def _cap_native_threads() -> None:
         threadpool_limits(int(n))
     except Exception:  # noqa: BLE001 - capping is best effort
         pass
+
+
+def run_forked(slot: int, driver: int, fd: int, max_tasks: int, env: dict) -> int:
+    """Worker body in a child forked from a single-threaded driver (no exec)."""
+    import gc
+
+    # Objects copied from the driver are never collected here: a collected
+    # SharedSegment copy would unlink the driver's segment.
+    gc.freeze()
+    try:
+        import faulthandler
+
+        faulthandler.disable()  # the driver's (e.g. pytest's): not this worker's business
+    except Exception:  # noqa: BLE001
+        pass
+    os.setpgid(0, 0)  # like spawned workers: Ctrl-C in a terminal reaches only the driver
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ.update(env)
+    from . import _core
+
+    _core.guard_worker(driver)
+    Worker(slot, driver, fd).serve(max_tasks)
+    return 0
 
 
 def main(argv: list[str]) -> int:
