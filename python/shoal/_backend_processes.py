@@ -367,7 +367,9 @@ class _Engine:
                 entry = self.fns.get((id(fn), False))
             tid = next(self.ids)
             task = _Task(tid, fn_id)
-            if kwargs is None and len(args) <= 4 and all(type(a) in _SCALARS for a in args):
+            nargs = len(args)
+            if kwargs is None and (type(args[0]) in _SCALARS if nargs == 1 else
+                                   nargs <= 4 and all(type(a) in _SCALARS for a in args)):
                 # Scalars: nothing can go out of band or refer to __main__, so
                 # the serializer would only add its bookkeeping to a pickle.
                 data = task.data = _pickle_dumps((fn_id, args, None), 5)
@@ -393,8 +395,9 @@ class _Engine:
             self.tasks[tid] = task
             # Fast path (every task after the first of a function): one frame
             # to the least-loaded worker that already has the function.
-            s = self._pick_slot()
+            s = self._pick_slot() if len(self.slots) > 1 else self.slots[0]
             if (s is not None and not self.backlog and fn_id in s.sent_fns
+                    and (s.budget is None or s.budget > 0)
                     and len(data) <= self.limit
                     and self.chan.push_task(s.index, tid, CALL, 0, data)):
                 fut._state = _RUNNING  # nobody else holds fut yet: no lock needed

@@ -276,3 +276,24 @@ TEST(WorkerSupervisor, StopKillsWhatDoesNotLeave) {
   EXPECT_EQ(sup.alive(), 0u);
   EXPECT_NE(kill(p, 0), 0);  // reaped: the pid no longer exists
 }
+
+TEST(WorkerSupervisor, AdoptsAChildForkedBeforeItStarted) {
+  pid_t child = fork();  // no other thread yet: the supervisor starts below
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    usleep(50'000);
+    _exit(5);
+  }
+  shoal::WorkerSupervisor sup(nullptr);
+  sup.adopt(2, child);
+  EXPECT_EQ(sup.alive(), 1u);
+  std::vector<shoal::WorkerExit> exits;
+  for (int i = 0; i < 500 && exits.empty(); ++i) {
+    exits = sup.take_exits();
+    if (exits.empty()) usleep(10'000);
+  }
+  ASSERT_EQ(exits.size(), 1u);
+  EXPECT_EQ(exits[0].slot, 2);
+  EXPECT_EQ(exits[0].pid, child);
+  EXPECT_EQ(exits[0].exit_code, 5);
+}

@@ -201,3 +201,11 @@ def test_map_propagates_errors_of_the_input_iterable(pool):
     with pytest.raises(RuntimeError, match="input broke"):
         pool.map(square, items(), chunksize=1)
     assert pool.map(square, [4]) == [16]
+
+
+def test_progress_bar(pool, capsys):
+    assert pool.map(square, range(50), progress=True) == [i * i for i in range(50)]
+    assert sorted(pool.imap_unordered(square, range(20), progress=True)) == \
+        sorted(i * i for i in range(20))
+    err = capsys.readouterr().err
+    assert "50/50" in err and "20/20" in err
