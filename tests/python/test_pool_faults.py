@@ -329,9 +329,16 @@ def test_both_start_methods_run_tasks_and_survive_deaths(start, monkeypatch):
     forked = start == "auto" and _can_fork()
     with shoal.Pool(2) as pool:
         for pid in _pids(pool):
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                spawned = b"shoal._worker" in f.read()
-            assert spawned != forked
+            # Right after posix_spawn returns, the child may still be inside
+            # execve with an empty /proc cmdline: wait for it to be filled in.
+            deadline = time.monotonic() + 20
+            cmdline = b""
+            while not cmdline and time.monotonic() < deadline:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmdline = f.read()
+                if not cmdline:
+                    time.sleep(0.01)
+            assert (b"shoal._worker" in cmdline) != forked
         assert pool.map(square, range(100), chunksize=1) == [i * i for i in range(100)]
         with pytest.raises(shoal.WorkerLost):
             pool.apply(exit_hard, (4,))
