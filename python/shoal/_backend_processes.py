@@ -263,19 +263,27 @@ class _Engine:
 
     def _fork_worker(self, slot: int, max_tasks: int) -> int:
         fd, driver, caps = self.chan.fd, os.getpid(), self.caps
-        pid = os.fork()
+        # SIGINT stays blocked across fork until the child ignores it and has
+        # left the terminal's process group: a Ctrl-C now must not kill it.
+        old_mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGINT})
+        try:
+            pid = os.fork()
+        except BaseException:
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, old_mask)
+            raise
         if pid == 0:  # the child never returns from here
             code = 70
             try:
                 from . import _worker
 
-                code = _worker.run_forked(slot, driver, fd, max_tasks, caps)
+                code = _worker.run_forked(slot, driver, fd, max_tasks, caps, old_mask)
             except BaseException:  # noqa: BLE001 - report, then leave without cleanup
                 import traceback
 
                 traceback.print_exc()
             finally:
                 os._exit(code)
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, old_mask)
         return pid
 
     def _worker_env(self) -> list[str]:

@@ -260,7 +260,8 @@ def _cap_native_threads() -> None:
         pass
 
 
-def run_forked(slot: int, driver: int, fd: int, max_tasks: int, env: dict) -> int:
+def run_forked(slot: int, driver: int, fd: int, max_tasks: int, env: dict,
+               sigmask: set = frozenset()) -> int:
     """Worker body in a child forked from a single-threaded driver (no exec)."""
     import gc
 
@@ -275,6 +276,7 @@ def run_forked(slot: int, driver: int, fd: int, max_tasks: int, env: dict) -> in
         pass
     os.setpgid(0, 0)  # like spawned workers: Ctrl-C in a terminal reaches only the driver
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)  # the driver blocked SIGINT to fork
     os.environ.update(env)
     from . import _core
 
