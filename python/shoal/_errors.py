@@ -1,25 +1,35 @@
 """The exceptions users catch. One hierarchy for every backend.
 
     ShoalError
-    ├── BrokenPool            the pool can no longer run tasks
-    │   └── WorkerLost        a worker died while running a task (exit code/signal in message)
+    ├── BrokenPool            the pool can no longer run tasks (a concurrent.futures.BrokenExecutor)
+    │   └── WorkerLost        a worker died while running a task (exit code/signal in message;
+    │                         a concurrent.futures.process.BrokenProcessPool)
     ├── TaskTimeout           a task ran past its time limit (also a TimeoutError)
     └── SerializationError    an argument or result could not be pickled (names the object)
 """
 
 from __future__ import annotations
 
+from concurrent.futures import BrokenExecutor
+from concurrent.futures.process import BrokenProcessPool
+
 
 class ShoalError(Exception):
     """Base class of every shoal error."""
 
 
-class BrokenPool(ShoalError):
-    """The pool cannot run tasks any more (shut down, or its engine failed)."""
+class BrokenPool(ShoalError, BrokenExecutor):
+    """The pool cannot run tasks any more (shut down, or its engine failed).
+
+    Also a ``concurrent.futures.BrokenExecutor`` (so a ``RuntimeError``): code
+    written for the standard executors catches it unchanged."""
 
 
-class WorkerLost(BrokenPool):
-    """The worker running a task died (killed, crashed, exited) before returning."""
+class WorkerLost(BrokenPool, BrokenProcessPool):
+    """The worker running a task died (killed, crashed, exited) before returning.
+
+    Also a ``concurrent.futures.process.BrokenProcessPool``, what ported
+    ``ProcessPoolExecutor`` code catches."""
 
     def __init__(self, message: str, *, exitcode: int | None = None, signal: int | None = None):
         super().__init__(message)
