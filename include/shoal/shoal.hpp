@@ -7,3 +7,7 @@
 #include "shoal/thread_pool.hpp"
 #include "shoal/topology.hpp"
 #include "shoal/version.hpp"
+#include "shoal/frame.hpp"
+#include "shoal/pool_channel.hpp"
+#include "shoal/task_ring.hpp"
+#include "shoal/worker_supervisor.hpp"
