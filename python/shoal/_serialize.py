@@ -1,0 +1,421 @@
+"""How shoal turns a Python object into bytes for another process and back.
+
+Data flow of one object (a task's ``(fn, args)`` or its result)::
+
+    sender                                            receiver
+    ------                                            --------
+    dumps(obj)
+      pickle protocol 5 (C pickler)  --fails/__main__-->  cloudpickle
+        | small buffers: inline in the pickle stream
+        | buffers >= OUT_OF_BAND_THRESHOLD: buffer_callback
+        v
+      one new SharedSegment per payload   <-- the ONE copy of big buffers
+      Payload(.data = [marker][header][pickle],
+              .segments = [that segment])  --- .data travels (ring) --->  loads(data)
+      sender keeps .segments alive                          attach segment by name
+      until the receiver has loaded                         buffers = views on the mapping
+                                                            pickle.loads(pickle, buffers)
+                                                            (numpy arrays: views, no copy;
+                                                             the mapping lives as long as they do)
+                                                            adopt=True: unlink the name now
+
+``shoal.shared.SharedArray`` never goes through the buffer callback: it pickles
+by reference (segment name, offset, shape, strides, dtype), see ``shared.py``.
+
+Wire format of ``Payload.data``:
+
+* starts with ``0x80`` (the pickle PROTO opcode): the whole thing is a plain
+  pickle, no header. This is the fast path of every small task.
+* starts with ``b"S"``: ``S | u16 name length | name | u32 count |
+  count x (u64 offset, u64 length) | pickle``. The buffers lie at those offsets in
+  the one segment of that name.
+
+Cost: a small object costs one ``pickle.dumps`` plus one ``bytes.find`` (to
+notice a reference to ``__main__``, which a fresh worker interpreter could not
+resolve) plus the Payload object; ``loads`` of it costs one byte test plus
+``pickle.loads``.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import struct
+import weakref
+from types import FunctionType as _FunctionType
+from typing import Any
+
+from ._errors import SerializationError
+
+__all__ = ["Payload", "dumps", "loads", "OUT_OF_BAND_THRESHOLD"]
+
+#: Buffers at least this large go out of band through shared memory.
+#: Measured here (benchmarks/pool/bench_serialize.py): below ~64 KiB creating and
+#: mapping a segment (5 syscalls each side, page faults) costs more than copying
+#: the bytes inline twice; above it the inline copies dominate.
+OUT_OF_BAND_THRESHOLD = 64 * 1024
+
+#: Offsets of buffers in the segment are aligned like malloc'd memory (and to
+#: cache lines), so dtypes up to complex256 land aligned.
+_ALIGN = 64
+
+_PROTOCOL = 5
+_MAIN = b"__main__"
+_OOB_MARKER = 0x53  # b"S"
+_HEAD = struct.Struct("<H")
+_COUNT = struct.Struct("<I")
+_PAIR = struct.Struct("<QQ")
+
+_pickle_dumps = pickle.dumps
+_pickle_loads = pickle.loads
+
+
+class Payload:
+    """What :func:`dumps` returns.
+
+    ``data``: the bytes to send. ``segments``: the shared-memory segments the
+    receiver will attach; the sender keeps them (and so this Payload, which
+    also keeps alive the shared arrays it references) alive until the receiver
+    has called :func:`loads`. ``nbytes_out_of_band``: bytes that went through
+    shared memory instead of ``data``.
+    """
+
+    __slots__ = ("data", "segments", "nbytes_out_of_band", "keepalive")
+
+    def __init__(self, data: Any, segments: list, nbytes_out_of_band: int = 0,
+                 keepalive: list | None = None) -> None:
+        self.data = data
+        self.segments = segments
+        self.nbytes_out_of_band = nbytes_out_of_band
+        #: shoal.shared segments referenced by the pickle (kept alive with the payload)
+        self.keepalive = keepalive
+
+    def release_names(self) -> None:
+        """Hand the duty to unlink the out-of-band segments to the receiver,
+        which must then call ``loads(data, adopt=True)``. For a sender that
+        cannot know when the receiver has loaded (a worker returning a result)."""
+        for seg in self.segments:
+            seg.release_name()
+
+    def __repr__(self) -> str:
+        return (f"Payload({len(self.data)} bytes inline, {len(self.segments)} segment(s), "
+                f"{self.nbytes_out_of_band} bytes out of band)")
+
+
+# --------------------------------------------------------------------- dumps
+
+class _Collector:
+    """buffer_callback of one dumps(): keeps big buffers for the segment."""
+
+    __slots__ = ("buffers", "nbytes", "threshold")
+
+    def __init__(self, threshold: int) -> None:
+        self.buffers: list = []
+        self.nbytes = 0
+        self.threshold = threshold
+
+    def __call__(self, pb: pickle.PickleBuffer) -> bool:
+        # Returning True serializes the buffer in band; False keeps it for us.
+        m = pb.raw()  # contiguous bytes view (numpy only offers contiguous buffers)
+        n = m.nbytes
+        if n < self.threshold:
+            return True
+        self.buffers.append(m)
+        self.nbytes += n
+        return False
+
+
+def _describe(obj: Any, limit: int = 200) -> str:
+    try:
+        r = repr(obj)
+    except Exception as exc:  # a repr that fails must not hide the real error
+        r = f"<repr failed: {type(exc).__name__}>"
+    if len(r) > limit:
+        r = r[: limit - 3] + "..."
+    t = type(obj)
+    return f"{t.__module__}.{t.__qualname__} {r}"
+
+
+def _children(obj: Any, path: str):
+    """(path, child) pairs to search for the object that cannot be pickled."""
+    if isinstance(obj, (list, tuple)):
+        for i, x in enumerate(obj):
+            yield f"{path}[{i}]", x
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield f"{path}[{k!r}]", v
+    elif isinstance(obj, (set, frozenset)):
+        for x in obj:
+            yield f"{path}{{...}}", x
+    else:
+        state = getattr(obj, "__dict__", None)
+        if isinstance(state, dict):
+            for k, v in state.items():
+                yield f"{path}.{k}", v
+        # functions: the culprit is usually something they close over
+        cells = getattr(obj, "__closure__", None)
+        code = getattr(obj, "__code__", None)
+        if cells and code is not None:
+            for name, cell in zip(code.co_freevars, cells):
+                try:
+                    yield f"{path}.<closure {name}>", cell.cell_contents
+                except ValueError:  # empty cell
+                    pass
+
+
+def _picklable(obj: Any) -> bool:
+    import cloudpickle
+
+    try:
+        cloudpickle.dumps(obj, protocol=_PROTOCOL, buffer_callback=lambda b: False)
+        return True
+    except Exception:
+        return False
+
+
+def _culprit(obj: Any, path: str = "obj", depth: int = 0) -> tuple[str, Any]:
+    """The innermost object under ``obj`` that cannot be pickled (error path only)."""
+    if depth < 8:
+        for child_path, child in _children(obj, path):
+            if not _picklable(child):
+                return _culprit(child, child_path, depth + 1)
+    return path, obj
+
+
+def _fail(obj: Any, exc: BaseException) -> SerializationError:
+    try:
+        path, bad = _culprit(obj)
+    except Exception:  # pragma: no cover - the search itself must never mask the error
+        path, bad = "obj", obj
+    where = "" if path == "obj" else f" (at {path})"
+    return SerializationError(f"cannot serialize {_describe(bad)}{where}: "
+                              f"{type(exc).__name__}: {exc}")
+
+
+def _cloudpickle_dumps(obj: Any, callback: Any) -> bytes:
+    import cloudpickle
+
+    f = io.BytesIO()
+    cloudpickle.Pickler(f, protocol=_PROTOCOL, buffer_callback=callback).dump(obj)
+    return f.getvalue()
+
+
+# Functions and classes that must travel by value (defined in __main__, a
+# notebook, lambdas, closures) are cloudpickled once per object and the bytes
+# reused: the sender keeps fn -> (blob, names of its globals, their ids); the
+# receiver keeps blob -> rebuilt object. A task f(i) with f in __main__ then
+# costs a cache lookup, not a cloudpickle run. A global the function uses that
+# is rebound (x = ...) invalidates the entry; one mutated in place is not seen
+# (as with any function a worker imports by name: it sees its own globals).
+_BY_VALUE: "weakref.WeakKeyDictionary[Any, tuple]" = weakref.WeakKeyDictionary()
+_REBUILT: dict = {}
+_REBUILT_MAX = 256
+
+
+def _global_ids(fn: Any, names: tuple) -> tuple:
+    g = getattr(fn, "__globals__", None)
+    if g is None or not names:
+        return ()
+    return tuple(id(g.get(n)) for n in names)
+
+
+class _Blob:
+    """Stands for a function/class in a pickle: rebuilt from its cloudpickle
+    bytes by the receiver. ``mains``: how often b"__main__" occurs in them."""
+
+    __slots__ = ("blob", "mains", "names", "ids")
+
+    def __init__(self, blob: bytes, names: tuple, ids: tuple) -> None:
+        self.blob = blob
+        self.mains = blob.count(_MAIN)
+        self.names = names
+        self.ids = ids
+
+    def __reduce__(self) -> Any:
+        return _from_blob, (self.blob,)
+
+
+def _blob_ref(obj: Any) -> _Blob:
+    ref = _BY_VALUE.get(obj)
+    if ref is not None and (not ref.names or _global_ids(obj, ref.names) == ref.ids):
+        return ref
+    import cloudpickle
+
+    code = getattr(obj, "__code__", None)
+    names = tuple(code.co_names) if code is not None else ()
+    ref = _Blob(cloudpickle.dumps(obj, protocol=_PROTOCOL), names, _global_ids(obj, names))
+    try:
+        _BY_VALUE[obj] = ref
+    except TypeError:  # not weak-referenceable: no cache
+        pass
+    return ref
+
+
+def _from_blob(blob: bytes) -> Any:
+    """Runs in the receiver: the object a by-value blob stands for (cached)."""
+    obj = _REBUILT.get(blob)
+    if obj is None:
+        obj = _pickle_loads(blob)
+        if len(_REBUILT) >= _REBUILT_MAX:
+            _REBUILT.pop(next(iter(_REBUILT)))
+        _REBUILT[blob] = obj
+    return obj
+
+
+def _needs_value(obj: Any) -> bool:
+    """A function or class that a fresh interpreter could not import by name."""
+    if not isinstance(obj, (_FunctionType, type)):
+        return False
+    if getattr(obj, "__module__", None) == "__main__":
+        return True
+    q = getattr(obj, "__qualname__", "")
+    return "<" in q  # <lambda>, <locals>
+
+
+class _ByValuePickler(pickle.Pickler):
+    """The C pickler, except that functions/classes from __main__, lambdas and
+    closures go by value (cached cloudpickle bytes)."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if _needs_value(obj):
+            return _from_blob, (_blob_ref(obj).blob,)
+        return NotImplemented
+
+
+def _by_value_dumps(obj: Any, callback: Any) -> bytes:
+    f = io.BytesIO()
+    _ByValuePickler(f, _PROTOCOL, buffer_callback=callback).dump(obj)
+    return f.getvalue()
+
+
+def dumps(obj: Any, *, threshold: int = OUT_OF_BAND_THRESHOLD) -> Payload:
+    """Serialize ``obj`` for another process; see the module docstring.
+
+    Raises :class:`shoal.SerializationError` naming the object that cannot be
+    pickled (type and truncated repr), chained to the original error.
+    """
+    collector = _Collector(threshold)
+    # shoal.shared registers its tracker when imported; without it no
+    # SharedArray exists and there is nothing to keep alive.
+    stack = _tracker.stack if _tracker is not None else None
+    if stack is not None:
+        stack.append([])
+        depth = len(stack)
+    try:
+        try:
+            target, allowed = obj, 0
+            if type(obj) is tuple and obj and _needs_value(obj[0]):
+                # The engine's (fn, args, ...) with fn from __main__/a lambda:
+                # its cached bytes stand in for it and the C pickler does the rest.
+                ref = _blob_ref(obj[0])
+                target, allowed = (ref,) + obj[1:], ref.mains
+            data = _pickle_dumps(target, _PROTOCOL, buffer_callback=collector)
+            if _MAIN in data and (not allowed or data.count(_MAIN) > allowed):
+                # Something is pickled by reference to __main__ (a function or
+                # class defined in a script or notebook): a fresh worker has a
+                # different __main__, so send it by value. A false positive
+                # (the string "__main__" in the data) only costs the slow path.
+                raise pickle.PicklingError("reference to __main__")
+        except Exception:
+            collector = _Collector(threshold)
+            if stack is not None:
+                stack[depth - 1] = []
+            try:
+                try:
+                    data = _by_value_dumps(obj, collector)
+                except RecursionError:
+                    raise
+                except Exception:
+                    # Something else only cloudpickle can do (its dispatch table
+                    # covers more than functions and classes): the slow way.
+                    collector = _Collector(threshold)
+                    if stack is not None:
+                        stack[depth - 1] = []
+                    data = _cloudpickle_dumps(obj, collector)
+            except RecursionError as exc:
+                raise SerializationError(
+                    f"cannot serialize {_describe(obj)}: too deeply nested ({exc})") from exc
+            except Exception as exc:
+                raise _fail(obj, exc) from exc
+    finally:
+        if stack is not None:
+            refs = stack[depth - 1] or None
+            del stack[depth - 1:]
+        else:
+            refs = None
+    if not collector.buffers:
+        return Payload(data, [], 0, refs)
+    return _out_of_band(data, collector, refs)
+
+
+def _out_of_band(data: bytes, collector: _Collector, refs: list | None) -> Payload:
+    import numpy as np
+
+    from . import _core
+
+    offsets = []
+    pos = 0
+    for m in collector.buffers:
+        offsets.append(pos)
+        pos += -(-m.nbytes // _ALIGN) * _ALIGN
+    seg = _core.SharedSegment.create(pos)
+    try:
+        dst = seg.view()
+        for off, m in zip(offsets, collector.buffers):
+            dst[off: off + m.nbytes] = np.frombuffer(m, dtype=np.uint8)
+        del dst
+        name = seg.name.encode()
+        head = [bytes((_OOB_MARKER,)), _HEAD.pack(len(name)), name,
+                _COUNT.pack(len(offsets))]
+        head += [_PAIR.pack(off, m.nbytes) for off, m in zip(offsets, collector.buffers)]
+        head.append(data)
+        out = b"".join(head)
+    except BaseException:
+        seg.unlink()
+        raise
+    return Payload(out, [seg], collector.nbytes, refs)
+
+
+# --------------------------------------------------------------------- loads
+
+def loads(data: Any, *, adopt: bool = False) -> Any:
+    """Rebuild the object that :func:`dumps` serialized into ``data``.
+
+    Out-of-band buffers come back as views on the shared mapping (no copy);
+    the mapping lives as long as any of them. ``adopt=True``: this receiver
+    takes over the segment's name and unlinks it right after mapping (the
+    sender called ``Payload.release_names()``).
+    """
+    if data[0] != _OOB_MARKER:
+        return _pickle_loads(data)
+    from . import _core
+
+    mv = memoryview(data)
+    (n,) = _HEAD.unpack_from(mv, 1)
+    name = bytes(mv[3: 3 + n]).decode()
+    pos = 3 + n
+    (count,) = _COUNT.unpack_from(mv, pos)
+    pos += _COUNT.size
+    seg = _core.SharedSegment.attach(name)
+    if adopt:
+        # Mapped: the name is no longer needed, and removing it now means no
+        # crash from here on can leak it.
+        seg.unlink()
+    view = seg.view()
+    buffers = []
+    for _ in range(count):
+        off, length = _PAIR.unpack_from(mv, pos)
+        pos += _PAIR.size
+        if off + length > view.nbytes:
+            raise SerializationError(
+                f"corrupt payload: buffer [{off}, {off + length}) outside segment {name} "
+                f"of {view.nbytes} bytes")
+        buffers.append(view[off: off + length])
+    return _pickle_loads(mv[pos:], buffers=buffers)
+
+
+# ------------------------------------------------ shoal.shared reference tracking
+
+#: set by shoal.shared when imported: a thread-local with a ``stack`` of lists
+#: into which SharedArray.__reduce_ex__ puts the segments a pickle references.
+_tracker: Any = None
