@@ -143,6 +143,13 @@ class SharedArray(np.ndarray):
             return arr[()]
         return _plain_if_private(arr)
 
+    def __getitem__(self, key: Any) -> Any:
+        result = super().__getitem__(key)
+        # Advanced indexing (arrays, lists, masks) copies into private memory.
+        if type(result) is SharedArray and _is_advanced(key):
+            return result.view(np.ndarray)
+        return result
+
     def copy(self, order: str = "C") -> np.ndarray:  # type: ignore[override]
         return self.view(np.ndarray).copy(order=order)
 
@@ -194,6 +201,12 @@ class SharedArray(np.ndarray):
 
     def __reduce__(self) -> Any:
         return self.__reduce_ex__(2)
+
+
+def _is_advanced(key: Any) -> bool:
+    if isinstance(key, tuple):
+        return any(isinstance(k, (np.ndarray, list)) for k in key)
+    return isinstance(key, (np.ndarray, list))
 
 
 def _plain_if_private(result: Any) -> Any:
