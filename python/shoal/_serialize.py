@@ -26,9 +26,10 @@ Wire format of ``Payload.data``:
 
 * starts with ``0x80`` (the pickle PROTO opcode): the whole thing is a plain
   pickle, no header. This is the fast path of every small task.
-* starts with ``b"S"``: ``S | u16 name length | name | u32 count |
-  count x (u64 offset, u64 length) | pickle``. The buffers lie at those offsets in
-  the one segment of that name.
+* starts with ``b"S"``: ``S | u16 name length | name | u32 count | u8 p |
+  (count + p) x (u64 offset, u64 length) | pickle if p == 0``. The buffers lie
+  at those offsets in the one segment of that name; with ``p == 1`` the pickle
+  stream itself is the last of them (``dumps(..., max_inline=...)``).
 
 Cost: a small object costs one ``pickle.dumps`` plus one ``bytes.find`` (to
 notice a reference to ``__main__``, which a fresh worker interpreter could not
@@ -49,11 +50,16 @@ from ._errors import SerializationError
 
 __all__ = ["Payload", "dumps", "loads", "OUT_OF_BAND_THRESHOLD"]
 
-#: Buffers at least this large go out of band through shared memory.
-#: Measured here (benchmarks/pool/bench_serialize.py): below ~64 KiB creating and
-#: mapping a segment (5 syscalls each side, page faults) costs more than copying
-#: the bytes inline twice; above it the inline copies dominate.
-OUT_OF_BAND_THRESHOLD = 64 * 1024
+#: Buffers at least this large go out of band.
+#: Measured here (python benchmarks/pool/bench_serialize.py, round trip of one
+#: float64 array, median): 64 KiB 105 us in band vs 280 us out of band; 256 KiB
+#: 402 vs 489; 1 MiB 1.37 vs 1.59 ms; 16 MiB 23.4 vs 24.2 ms. On this VM a
+#: fresh shared segment costs ~1.3 ms/MiB to allocate and map (no huge pages
+#: for shmem), so out of band never wins within one process; it wins when the
+#: bytes would otherwise be copied through a ring twice more, and it keeps big
+#: data off the rings (whose frames are limited). 256 KiB is where the extra
+#: cost has fallen to ~20%.
+OUT_OF_BAND_THRESHOLD = 256 * 1024
 
 #: Offsets of buffers in the segment are aligned like malloc'd memory (and to
 #: cache lines), so dtypes up to complex256 land aligned.
@@ -288,8 +294,15 @@ def _by_value_dumps(obj: Any, callback: Any) -> bytes:
     return f.getvalue()
 
 
-def dumps(obj: Any, *, threshold: int = OUT_OF_BAND_THRESHOLD) -> Payload:
+def dumps(obj: Any, *, threshold: int = OUT_OF_BAND_THRESHOLD,
+          max_inline: int | None = None) -> Payload:
     """Serialize ``obj`` for another process; see the module docstring.
+
+    ``threshold``: buffers of at least this many bytes go out of band.
+    ``max_inline``: if the pickle stream itself would be longer (a list of a
+    million floats has no buffer to take out), it goes into the segment too,
+    so ``len(Payload.data)`` stays small (a few hundred bytes): for a channel
+    with a size limit per message.
 
     Raises :class:`shoal.SerializationError` naming the object that cannot be
     pickled (type and truncated repr), chained to the original error.
@@ -343,37 +356,42 @@ def dumps(obj: Any, *, threshold: int = OUT_OF_BAND_THRESHOLD) -> Payload:
             del stack[depth - 1:]
         else:
             refs = None
-    if not collector.buffers:
+    if not collector.buffers and (max_inline is None or len(data) <= max_inline):
         return Payload(data, [], 0, refs)
-    return _out_of_band(data, collector, refs)
+    return _out_of_band(data, collector.buffers, collector.nbytes, refs,
+                        max_inline is not None and len(data) > max_inline)
 
 
-def _out_of_band(data: bytes, collector: _Collector, refs: list | None) -> Payload:
+def _out_of_band(data: bytes, buffers: list, nbytes: int, refs: list | None,
+                 pickle_too: bool) -> Payload:
     import numpy as np
 
     from . import _core
 
+    if pickle_too:  # the pickle stream itself goes last into the segment
+        buffers = buffers + [memoryview(data)]
     offsets = []
     pos = 0
-    for m in collector.buffers:
+    for m in buffers:
         offsets.append(pos)
         pos += -(-m.nbytes // _ALIGN) * _ALIGN
     seg = _core.SharedSegment.create(pos)
     try:
         dst = seg.view()
-        for off, m in zip(offsets, collector.buffers):
+        for off, m in zip(offsets, buffers):
             dst[off: off + m.nbytes] = np.frombuffer(m, dtype=np.uint8)
         del dst
         name = seg.name.encode()
         head = [bytes((_OOB_MARKER,)), _HEAD.pack(len(name)), name,
-                _COUNT.pack(len(offsets))]
-        head += [_PAIR.pack(off, m.nbytes) for off, m in zip(offsets, collector.buffers)]
-        head.append(data)
+                _COUNT.pack(len(offsets) - pickle_too), bytes((pickle_too,))]
+        head += [_PAIR.pack(off, m.nbytes) for off, m in zip(offsets, buffers)]
+        if not pickle_too:
+            head.append(data)
         out = b"".join(head)
     except BaseException:
         seg.unlink()
         raise
-    return Payload(out, [seg], collector.nbytes, refs)
+    return Payload(out, [seg], nbytes + (len(data) if pickle_too else 0), refs)
 
 
 # --------------------------------------------------------------------- loads
@@ -396,6 +414,8 @@ def loads(data: Any, *, adopt: bool = False) -> Any:
     pos = 3 + n
     (count,) = _COUNT.unpack_from(mv, pos)
     pos += _COUNT.size
+    pickle_too = mv[pos]
+    pos += 1
     seg = _core.SharedSegment.attach(name)
     if adopt:
         # Mapped: the name is no longer needed, and removing it now means no
@@ -403,7 +423,7 @@ def loads(data: Any, *, adopt: bool = False) -> Any:
         seg.unlink()
     view = seg.view()
     buffers = []
-    for _ in range(count):
+    for _ in range(count + pickle_too):
         off, length = _PAIR.unpack_from(mv, pos)
         pos += _PAIR.size
         if off + length > view.nbytes:
@@ -411,7 +431,8 @@ def loads(data: Any, *, adopt: bool = False) -> Any:
                 f"corrupt payload: buffer [{off}, {off + length}) outside segment {name} "
                 f"of {view.nbytes} bytes")
         buffers.append(view[off: off + length])
-    return _pickle_loads(mv[pos:], buffers=buffers)
+    stream = buffers.pop() if pickle_too else mv[pos:]
+    return _pickle_loads(stream, buffers=buffers)
 
 
 # ------------------------------------------------ shoal.shared reference tracking

@@ -148,7 +148,7 @@ def test_big_array_comes_back_as_a_view_on_shared_memory():
 
 
 def test_many_buffers_share_one_segment_and_small_ones_stay_inline():
-    big = [np.full(20_000, i, dtype=np.float64) for i in range(5)]  # 160 kB each
+    big = [np.full(40_000, i, dtype=np.float64) for i in range(5)]  # 320 kB each
     small = [np.full(10, i) for i in range(5)]
     out, p = roundtrip({"big": big, "small": small})
     assert len(p.segments) == 1
@@ -401,3 +401,18 @@ def test_concurrent_dumps_from_threads():
     for t in threads:
         t.join()
     assert not errors
+
+
+def test_max_inline_moves_the_pickle_stream_out_of_band():
+    obj = {"floats": [float(i) for i in range(100_000)], "arr": np.arange(100_000.0)}
+    p = S.dumps(obj, max_inline=512)
+    assert len(p.data) < 512 and len(p.segments) == 1
+    out = S.loads(p.data)
+    assert out["floats"] == obj["floats"]
+    np.testing.assert_array_equal(out["arr"], obj["arr"])
+    # small objects stay a bare pickle even with a limit
+    p = S.dumps((square, (2,), {}), max_inline=512)
+    assert not p.segments and bytes(p.data[:1]) == b"\x80"
+    # only the stream, no buffer
+    p = S.dumps(list(range(100_000)), max_inline=1000)
+    assert len(p.data) < 1000 and S.loads(p.data) == list(range(100_000))
