@@ -260,7 +260,8 @@ def trim_mappings() -> int:
         before = len(_ATTACHED)
         for name in [n for n in _ATTACHED if not _name_exists(n)]:
             del _ATTACHED[name]
-        return before - len(_ATTACHED)
+        dropped = before - len(_ATTACHED)
+    return dropped + _serialize.trim_receiver_mappings()
 
 
 def _rebuild(name: str, offset: int, shape: tuple, strides: tuple, dtype: np.dtype,

@@ -25,6 +25,14 @@ import shoal
 from shoal import _serialize as S
 
 
+@pytest.fixture(autouse=True)
+def fresh_segment_cache():
+    S.clear_segment_cache()
+    yield
+    gc.collect()
+    S.clear_segment_cache()
+
+
 def roundtrip(obj, **kw):
     p = S.dumps(obj, **kw)
     return S.loads(p.data), p
@@ -317,7 +325,7 @@ def test_serialize_works_after_an_error():
 
 
 def test_segment_gone_is_a_clear_error():
-    p = S.dumps(np.ones(100_000))
+    p = S.dumps(np.ones(100_000))  # below RECYCLE_MIN: unlinked when dropped
     data = bytes(p.data)
     del p
     gc.collect()
@@ -328,14 +336,76 @@ def test_segment_gone_is_a_clear_error():
 # ---------------------------------------------------------------- segment lifetime
 
 def test_no_segment_left_after_payload_dropped():
-    p = S.dumps(np.ones(100_000))
+    p = S.dumps(np.ones(100_000))  # 800 kB: below RECYCLE_MIN, unlinked at once
     seg = p.segments[0]
     name = seg.name
     assert shm_exists(seg)
     del p, seg
     gc.collect()
     assert not os.path.exists("/dev/shm" + name)
+    # a big one is parked for reuse, and unlinked when the cache is cleared
+    p = S.dumps(np.ones(1_000_000))
+    name = p.segments[0].name
+    del p
+    gc.collect()
+    assert os.path.exists("/dev/shm" + name)
+    assert S.clear_segment_cache() >= 1
+    assert not os.path.exists("/dev/shm" + name)
 
+
+def test_segments_are_recycled_only_once_the_receiver_let_go():
+    a = np.arange(1_000_000.0)
+    p = S.dumps(a)
+    name = p.segments[0].name
+    out = S.loads(p.data)
+    view = out[10:20]  # any object over the buffer counts
+    del p, out
+    gc.collect()
+    p2 = S.dumps(a * 2)  # the receiver still uses the first segment: a new one
+    assert p2.segments[0].name != name
+    out2 = S.loads(p2.data)
+    np.testing.assert_array_equal(view, a[10:20])  # not overwritten
+    del view
+    gc.collect()
+    p3 = S.dumps(a * 3)  # now free: refilled, no new segment
+    assert p3.segments[0].name == name
+    out3 = S.loads(p3.data)
+    np.testing.assert_array_equal(out3, a * 3)
+    np.testing.assert_array_equal(out2, a * 2)
+
+
+def test_recycling_across_processes(tmp_path):
+    """A real receiver process releases the buffers when its arrays die; the
+    sender then refills the same segment."""
+    code = textwrap.dedent("""
+        import gc, sys
+        from shoal import _serialize as S
+        for line in sys.stdin.buffer:
+            data = bytes.fromhex(line.decode().strip())
+            a = S.loads(data)
+            print(float(a.sum()), flush=True)
+            del a
+            gc.collect()
+            print("released", flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    names = []
+    try:
+        for k in range(3):
+            a = np.full(500_000, float(k))
+            p = S.dumps(a)
+            names.append(p.segments[0].name)
+            proc.stdin.write(bytes(p.data).hex() + "\n")
+            proc.stdin.flush()
+            assert float(proc.stdout.readline()) == float(a.sum())
+            assert proc.stdout.readline().strip() == "released"
+            del p
+            gc.collect()
+    finally:
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0
+    assert names[0] == names[1] == names[2]
 
 def test_loaded_array_outlives_the_sender_payload():
     p = S.dumps(np.arange(100_000.0))
