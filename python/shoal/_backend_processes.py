@@ -1,0 +1,974 @@
+"""The process backend: Python callables on every core, through shared memory.
+
+Data flow of one task (driver = the user's process)::
+
+  submit(fn, args) / map(fn, items)
+    │ fn pickled once per pool (cloudpickle for __main__/lambdas); each worker
+    │ gets it once as a FunctionDef frame, then tasks name it by id
+    v
+  _dispatch: least-loaded worker slot ── push frames (Call, or Batch = many
+    │ tasks in one frame) onto that slot's TaskRing in the memfd control memory;
+    │ wake the worker with a futex only if it sleeps (ring full: backlog deque)
+    v
+  worker process (python -m shoal._worker): drains its ring (spin ~50 us,
+    │ then futex), runs each task, writes set_current(task) first, pushes one
+    │ Result/Failure frame per task, rings the driver's doorbell only if a
+    │ driver thread sleeps on it
+    v
+  _pass (any driver thread: the one blocked in Future.result()/map, else the
+    │ collector thread): take supervisor exits, drain every result ring, match
+    │ frames to tasks under the lock; unpickle and complete Futures / map
+    │ slots outside it
+    v
+  Future.set_result / map result list
+
+  WorkerSupervisor (C++ thread, poll on one pidfd per worker): a death rings
+  the doorbell; _pass reads the dead worker's current task from its slot:
+  that task fails with WorkerLost (or TaskTimeout / cancelled when the driver
+  killed it on purpose), or runs again if retries remain; the worker's other
+  queued tasks go back to the backlog untouched; a replacement starts on the
+  same slot. The driver keeps every task until its result arrives.
+
+Locking: self._lock guards every table (tasks, slots, backlog, fn cache) and
+the rings' single-producer/single-consumer roles on the driver side.
+Futures are completed outside it (their callbacks may submit).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import os
+import signal as _signal
+import sys
+import threading
+import time
+import weakref
+from collections import OrderedDict, deque
+from concurrent.futures import CancelledError, Future, InvalidStateError
+from concurrent.futures._base import RUNNING as _RUNNING
+from typing import Any, Callable, Iterable, Iterator
+
+from . import _serialize
+from ._backend import Backend, register
+from ._errors import (BrokenPool, RemoteTraceback, SerializationError, TaskTimeout,
+                      WorkerLost)
+
+# Frame kinds and flags: shoal/frame.hpp (same numbers in _worker.py).
+FUNCTION_DEF, CALL, BATCH, RESULT, FAILURE, CONTROL = 1, 2, 3, 4, 5, 6
+INDIRECT = 1
+
+_PENDING = object()
+_FN_CACHE_SIZE = 256
+#: per-ring bytes (each worker has a task ring and a result ring)
+RING_BYTES = 1 << 20
+#: how long a thread waiting for a result spins before sleeping on the futex
+SPIN_US = float(os.environ.get("SHOAL_DRIVER_SPIN_US", "50"))
+#: starts in a row that die before the worker is ready: the pool is broken
+_MAX_EARLY_DEATHS = 3
+
+
+class _Failed:
+    """A map slot holding an exception instead of a value."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+class _Task:
+    __slots__ = ("id", "fn_id", "data", "keep", "future", "job", "index", "item", "slot",
+                 "attempts", "timeout_ns", "kill_reason", "name")
+
+    def __init__(self, tid: int, fn_id: int) -> None:
+        self.id = tid
+        self.fn_id = fn_id
+        self.data = None        # Call payload bytes (None for map items: pickled per batch)
+        self.keep = None        # what must stay alive until the result (segments)
+        self.future = None
+        self.job = None
+        self.index = 0
+        self.item = None
+        self.slot = -1
+        self.attempts = 0
+        self.timeout_ns = 0
+        self.kill_reason = None
+        self.name = ""
+
+
+class _MapJob:
+    __slots__ = ("results", "done", "ordered", "cancelled")
+
+    def __init__(self, ordered: bool) -> None:
+        self.results: list = []
+        self.done: deque = deque()  # completed indices, for unordered maps
+        self.ordered = ordered
+        self.cancelled = False
+
+
+class _Slot:
+    __slots__ = ("index", "pid", "tasks", "sent_fns", "ready", "budget", "early_deaths")
+
+    def __init__(self, index: int, budget: int | None) -> None:
+        self.index = index
+        self.pid = 0
+        self.tasks: dict[int, _Task] = {}
+        self.sent_fns: set[int] = set()
+        self.ready = False
+        self.budget = budget
+        self.early_deaths = 0
+
+
+class ProcessFuture(Future):
+    """A Future whose result() drains the result rings on the calling thread
+    (no hop through the collector thread: that is where the round trip time goes).
+
+    All futures of one pool share one Condition (an RLock, so as_completed()
+    and wait(), which acquire every future's condition, still work): creating
+    a Condition per task was a third of the cost of submit(). Nobody blocks
+    on it but plain Future.result() calls of other code paths, which re-check
+    their own state when woken."""
+
+    def __init__(self, engine: "_Engine") -> None:  # noqa: D107 - see class doc
+        self._condition = engine.future_cond
+        self._state = _RUNNING  # dispatched at once; cancel() of a queued task: see cancel_running
+        self._result = None
+        self._exception = None
+        self._waiters = []
+        self._done_callbacks = []
+        self._engine = engine
+
+    def result(self, timeout: float | None = None) -> Any:
+        if not self.done() and not self._engine.wait_until(self.done, timeout):
+            raise TimeoutError()
+        return super().result(timeout=0)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if not self.done() and not self._engine.wait_until(self.done, timeout):
+            raise TimeoutError()
+        return super().exception(timeout=0)
+
+
+def _describe_fn(fn: Any) -> str:
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    if isinstance(fn, functools.partial):
+        return _describe_fn(fn.func)
+    return name or type(fn).__name__
+
+
+def _exit_text(code: int, sig: int) -> str:
+    if sig:
+        try:
+            return f"killed by {_signal.Signals(sig).name}"
+        except ValueError:
+            return f"killed by signal {sig}"
+    return f"exited with code {code}"
+
+
+def _read_indirect(name: bytes) -> bytes:
+    from . import _core
+
+    seg = _core.SharedSegment.attach(name.decode())
+    seg.adopt_name()
+    seg.unlink()
+    v = seg.view()
+    n = int.from_bytes(bytes(v[:8]), "little")
+    return bytes(v[8: 8 + n])
+
+
+class _Engine:
+    """All state of one process pool. The backend object is a thin handle on
+    it, so that dropping the handle (gc) can terminate the engine while the
+    collector thread still references the engine."""
+
+    def __init__(self, workers: int, initializer: Callable | None, initargs: tuple,
+                 max_tasks_per_worker: int | None, retries: int, ring_bytes: int) -> None:
+        from . import _core
+
+        self.core = _core
+        _core.sweep_orphan_segments()
+        self.workers = workers
+        self.retries = retries
+        self.max_tasks = max_tasks_per_worker
+        self.chan = _core.PoolChannel.create(workers, ring_bytes)
+        self.sup = _core.WorkerSupervisor(self.chan)
+        self.limit = self.chan.max_payload // 2
+        self.lock = threading.Lock()
+        self.cv = threading.Condition(threading.Lock())  # guards waiters
+        self.future_cond = threading.Condition()  # shared by every ProcessFuture
+        self.waiters = 0
+        self.last_waiter = 0.0
+        self.ids = itertools.count(1)
+        self.tasks: dict[int, _Task] = {}
+        self.timed: set[int] = set()
+        self.backlog: deque[_Task] = deque()
+        self.fns: OrderedDict[int, tuple] = OrderedDict()  # id(fn) -> (fn, fn_id, data, keep)
+        self.fn_data: dict[int, bytes] = {}                # fn_id -> data (for resends)
+        self.slots = [_Slot(i, max_tasks_per_worker) for i in range(workers)]
+        self.closing = False      # no new tasks
+        self.stopped = False      # workers are gone
+        self.broken: BaseException | None = None
+        self.init_data = None
+        if initializer is not None:
+            self.init_payload = _serialize.dumps((initializer, tuple(initargs)))
+            self.init_data = bytes(self.init_payload.data)
+        self.env = self._worker_env()
+        self.argv_base = [sys.executable, "-m", "shoal._worker", "--driver", str(os.getpid())]
+        if max_tasks_per_worker:
+            self.argv_base += ["--max-tasks", str(int(max_tasks_per_worker))]
+        try:
+            for s in self.slots:
+                self._start_worker(s)
+        except BaseException:
+            self.close(0)
+            raise
+        self.thread = threading.Thread(target=self._collector, name="shoal-collector", daemon=True)
+        self.thread.start()
+
+    # ------------------------------------------------------------ workers
+    def _worker_env(self) -> list[str]:
+        cpus = len(os.sched_getaffinity(0))
+        threads = str(max(1, cpus // self.workers))
+        env = dict(os.environ)
+        for var in ("SHOAL_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                    "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+                    "NUMBA_NUM_THREADS"):
+            env[var] = threads
+        # The worker must import this very shoal, wherever it was imported from.
+        pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = os.pathsep.join([pkg_parent] + [p for p in
+                                            env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        return [f"{k}={v}" for k, v in env.items()]
+
+    def _start_worker(self, s: _Slot) -> None:
+        # Caller holds the lock (or is the constructor).
+        self.chan.reset_slot(s.index)
+        s.tasks = {}
+        s.sent_fns = set()
+        s.ready = False
+        s.budget = self.max_tasks
+        s.pid = 0
+        pid = self.sup.spawn(s.index, self.argv_base + ["--slot", str(s.index)], self.env,
+                             self.chan.fd)
+        s.pid = pid
+        self.chan.set_pid(s.index, pid)
+        msg = {"sys_path": list(sys.path), "init": self.init_data}
+        self.chan.push_tasks(s.index, [(0, CONTROL, 0, _serialize.dumps(msg).data)])
+
+    def worker_pids(self) -> list[int]:
+        return [s.pid for s in self.slots if s.pid]
+
+    # ------------------------------------------------------------ submitting
+    def _fn_id(self, fn: Callable) -> int:
+        key = id(fn)
+        entry = self.fns.get(key)
+        if entry is not None and entry[0] is fn:
+            self.fns.move_to_end(key)
+            return entry[1]
+        payload = _serialize.dumps(fn)  # may raise SerializationError: nothing changed yet
+        fn_id = next(self.ids)
+        self.fns[key] = (fn, fn_id, payload)
+        self.fn_data[fn_id] = bytes(payload.data)
+        if len(self.fns) > _FN_CACHE_SIZE:
+            _, (_, old_id, _) = self.fns.popitem(last=False)
+            self.fn_data.pop(old_id, None)
+        return fn_id
+
+    def _check_open(self) -> None:
+        if self.broken is not None:
+            raise BrokenPool(f"the process pool is broken: {self.broken}") from self.broken
+        if self.closing:
+            raise RuntimeError("cannot schedule new tasks after shutdown")
+
+    def submit(self, fn: Callable, args: tuple, kwargs: dict | None,
+               timeout: float | None) -> Future:
+        fut = ProcessFuture(self)
+        with self.lock:
+            self._check_open()
+            fn_id = self._fn_id(fn)
+            tid = next(self.ids)
+            try:
+                payload = _serialize.dumps((fn_id, args, kwargs))
+            except SerializationError as exc:
+                fut.set_exception(exc)
+                return fut
+            task = _Task(tid, fn_id)
+            task.data = bytes(payload.data)
+            task.keep = payload if payload.segments else None
+            task.future = fut
+            task.name = _describe_fn(fn)
+            fut._shoal_task = task
+            if timeout is not None:
+                if timeout <= 0:
+                    raise ValueError(f"timeout must be > 0, got {timeout}")
+                task.timeout_ns = int(timeout * 1e9)
+                self.timed.add(tid)
+            self.tasks[tid] = task
+            if self.backlog or not self._place([task]):
+                self.backlog.append(task)
+            if self.timed:
+                self.chan.ring_doorbell()  # the collector recomputes its wake-up time
+        return fut
+
+    def _pick_slot(self) -> _Slot | None:
+        best = None
+        for s in self.slots:
+            if s.budget is not None and s.budget <= 0:
+                continue
+            if best is None or len(s.tasks) < len(best.tasks):
+                best = s
+        return best
+
+    def _frames_for(self, s: _Slot, tasks: list[_Task]) -> tuple[list, list]:
+        """Frames carrying `tasks` (all Call, or all map items of one fn) to slot s,
+        and for each frame the tasks it carries ([] for a FunctionDef)."""
+        frames: list = []
+        owners: list = []
+        fn_id = tasks[0].fn_id
+        if fn_id not in s.sent_fns:
+            data = self.fn_data[fn_id]
+            flags = 0
+            keep = None
+            if len(data) > self.limit:
+                data, keep = self._indirect(data)
+                flags = INDIRECT
+            frames.append((fn_id, FUNCTION_DEF, flags, data))
+            owners.append(keep)
+        if tasks[0].data is not None:
+            for t in tasks:
+                data, flags = t.data, 0
+                if len(data) > self.limit:
+                    data, seg = self._indirect(data)
+                    t.keep = (t.keep, seg)
+                    flags = INDIRECT
+                frames.append((t.id, CALL, flags, data))
+                owners.append([t])
+        else:
+            ids = [t.id for t in tasks]
+            data = _serialize.dumps((fn_id, ids, [t.item for t in tasks]))
+            raw = bytes(data.data)
+            flags = 0
+            if len(raw) > self.limit:
+                raw, seg = self._indirect(raw)
+                flags = INDIRECT
+                data = (data, seg)
+            frames.append((ids[0], BATCH, flags, raw))
+            owners.append(tasks)
+            for t in tasks:
+                t.keep = data if (flags or data.segments) else None
+        return frames, owners
+
+    def _indirect(self, data: bytes):
+        seg = self.core.SharedSegment.create(8 + len(data))
+        v = seg.view()
+        v[:8] = memoryview(len(data).to_bytes(8, "little"))
+        v[8: 8 + len(data)] = memoryview(data)
+        del v
+        return seg.name.encode(), seg
+
+    def _place(self, tasks: list[_Task]) -> bool:
+        """Pushes tasks (same kind, same fn) to the least-loaded slot. Returns
+        False (and pushes nothing) if they do not fit now. Caller holds the lock."""
+        s = self._pick_slot()
+        if s is None:
+            return False
+        if s.budget is not None and s.budget < len(tasks):
+            return False
+        frames, owners = self._frames_for(s, tasks)
+        n = self.chan.push_tasks(s.index, frames)
+        if n < len(frames):
+            # Partially pushed: keep what went, report the rest as not placed
+            # only if nothing of the tasks went (simple and rare: a full ring).
+            pushed_tasks = [t for o in owners[:n] if isinstance(o, list) for t in o]
+            if owners and n > 0 and frames[0][1] == FUNCTION_DEF:
+                s.sent_fns.add(frames[0][0])
+            if not pushed_tasks:
+                return False
+            for t in pushed_tasks:
+                t.slot = s.index
+                s.tasks[t.id] = t
+            if s.budget is not None:
+                s.budget -= len(pushed_tasks)
+            rest = [t for o in owners[n:] if isinstance(o, list) for t in o]
+            self.backlog.extendleft(reversed(rest))
+            return True
+        if frames[0][1] == FUNCTION_DEF:
+            s.sent_fns.add(frames[0][0])
+        idx = s.index
+        st = s.tasks
+        for t in tasks:
+            t.slot = idx
+            st[t.id] = t
+        if s.budget is not None:
+            s.budget -= len(tasks)
+        return True
+
+    def _place_checked(self, tasks: list[_Task]) -> bool:
+        """_place, except that map items that cannot be pickled fail alone
+        (SerializationError naming them) and the others go on. Lock held."""
+        try:
+            return self._place(tasks)
+        except SerializationError:
+            good = []
+            for t in tasks:
+                try:
+                    _serialize.dumps(t.item)
+                    good.append(t)
+                except SerializationError as exc:
+                    del self.tasks[t.id]
+                    t.job.results[t.index] = _Failed(exc)
+                    t.job.done.append(t.index)
+            return not good or self._place(good)
+
+    def _flush_backlog(self) -> None:
+        # Caller holds the lock. Groups consecutive tasks of one kind and fn.
+        backlog = self.backlog
+        while backlog:
+            first = backlog[0]
+            if first.id not in self.tasks:  # completed/cancelled meanwhile
+                backlog.popleft()
+                continue
+            group = [backlog.popleft()]
+            limit = 64 if first.data is None else 1
+            while backlog and len(group) < limit and backlog[0].fn_id == first.fn_id and \
+                    (backlog[0].data is None) == (first.data is None):
+                group.append(backlog.popleft())
+            s = self._pick_slot()
+            if s is not None and s.budget is not None and len(group) > s.budget:
+                cut = max(1, s.budget)
+                backlog.extendleft(reversed(group[cut:]))
+                group = group[:cut]
+            if not self._place_checked(group):
+                backlog.extendleft(reversed(group))
+                return
+
+    # ------------------------------------------------------------ map
+    def map(self, fn: Callable, iterable: Iterable, chunksize: int | None, ordered: bool,
+            timeout: float | None) -> Iterator[Any]:
+        from ._mapping import auto_chunksize, chunked, run_chunk
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            n = len(iterable)  # type: ignore[arg-type]
+        except TypeError:
+            n = None
+        if chunksize is None:
+            chunksize = auto_chunksize(n, self.workers)
+        if chunksize < 1:
+            raise ValueError(f"chunksize must be >= 1, got {chunksize}")
+        if chunksize == 1:
+            task_fn, units = fn, iter(iterable)
+            n_units = n
+        else:
+            task_fn = functools.partial(run_chunk, fn)
+            units = chunked(iterable, chunksize)
+            n_units = None if n is None else -(-n // chunksize)
+        # Tasks per Batch frame: enough to amortize a frame, few enough to balance.
+        if n_units is None:
+            per_frame = 32
+        else:
+            per_frame = max(1, min(512, n_units // (self.workers * 8)))
+        window = max(per_frame * self.workers * 4, 2 * self.workers)
+        job = _MapJob(ordered)
+        name = _describe_fn(fn)
+        with self.lock:
+            self._check_open()
+            fn_id = self._fn_id(task_fn)
+        return self._map_iter(job, fn_id, name, units, per_frame, window, deadline,
+                              chunksize > 1)
+
+    def _map_submit(self, job: _MapJob, fn_id: int, name: str, items: list) -> None:
+        results = job.results
+        tasks = []
+        ids = self.ids
+        for item in items:
+            t = _Task(next(ids), fn_id)
+            t.job = job
+            t.index = len(results)
+            t.item = item
+            t.name = name
+            results.append(_PENDING)
+            tasks.append(t)
+        with self.lock:
+            self._check_open()
+            alltasks = self.tasks
+            for t in tasks:
+                alltasks[t.id] = t
+            if self.backlog:
+                self.backlog.extend(tasks)
+            elif not self._place_checked(tasks):
+                self.backlog.extend(tasks)
+
+    def _map_iter(self, job: _MapJob, fn_id: int, name: str, units: Iterator, per_frame: int,
+                  window: int, deadline: float | None, flatten: bool) -> Iterator[Any]:
+        results = job.results
+        nxt = 0            # next index to yield (ordered)
+        yielded = 0
+        exhausted = False
+
+        def refill() -> None:
+            nonlocal exhausted
+            while not exhausted and len(results) - yielded < window:
+                items = list(itertools.islice(units, per_frame))
+                if not items:
+                    exhausted = True
+                    return
+                self._map_submit(job, fn_id, name, items)
+
+        def remaining() -> float | None:
+            if deadline is None:
+                return None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("map() timed out")
+            return left
+
+        try:
+            refill()
+            if job.ordered:
+                while nxt < len(results):
+                    r = results[nxt]
+                    if r is _PENDING:
+                        i = nxt
+                        if not self.wait_until(lambda: results[i] is not _PENDING, remaining()):
+                            raise TimeoutError("map() timed out")
+                        r = results[nxt]
+                    results[nxt] = None
+                    nxt += 1
+                    yielded += 1
+                    if type(r) is _Failed:
+                        raise r.exc
+                    if not exhausted and len(results) - yielded < window // 2:
+                        refill()
+                    if flatten:
+                        yield from r
+                    else:
+                        yield r
+            else:
+                done = job.done
+                while yielded < len(results):
+                    if not done:
+                        if not self.wait_until(lambda: bool(done), remaining()):
+                            raise TimeoutError("map() timed out")
+                    i = done.popleft()
+                    r = results[i]
+                    results[i] = None
+                    yielded += 1
+                    if type(r) is _Failed:
+                        raise r.exc
+                    if not exhausted and len(results) - yielded < window // 2:
+                        refill()
+                    if flatten:
+                        yield from r
+                    else:
+                        yield r
+        finally:
+            job.cancelled = True
+            if yielded < len(results):
+                with self.lock:
+                    self.backlog = deque(t for t in self.backlog if t.job is not job)
+                    for t in [t for t in self.tasks.values() if t.job is job]:
+                        del self.tasks[t.id]
+                        self.timed.discard(t.id)
+
+    # ------------------------------------------------------------ collecting
+    def wait_until(self, pred: Callable[[], bool], timeout: float | None) -> bool:
+        """Drains results on this thread until pred() holds. False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        chan = self.chan
+        with self.cv:
+            self.waiters += 1
+        try:
+            while True:
+                seen = chan.doorbell()
+                if pred():
+                    return True
+                self.run_pass()
+                if pred():
+                    return True
+                if deadline is None:
+                    wait = 0.1
+                else:
+                    wait = deadline - time.monotonic()
+                    if wait <= 0:
+                        return False
+                    wait = min(wait, 0.1)
+                if self.timed:
+                    wait = min(wait, 0.005)
+                chan.wait_driver(seen, wait, SPIN_US)
+        finally:
+            with self.cv:
+                self.waiters -= 1
+                self.last_waiter = time.monotonic()
+
+    def _collector(self) -> None:
+        chan, cv = self.chan, self.cv
+        while not self.stopped:
+            with cv:
+                # A thread blocked in result()/map drains for everyone meanwhile,
+                # and one that just left is likely to come back (submit, result,
+                # submit, ...): stay out of its way for a moment, so that the
+                # workers need not wake this thread for every result.
+                while not self.stopped and (self.waiters or
+                                            time.monotonic() - self.last_waiter < 0.002):
+                    cv.wait(0.1 if self.waiters else 0.002)
+            seen = chan.doorbell()
+            try:
+                found = self.run_pass()
+            except BaseException as exc:  # noqa: BLE001 - must never die silently
+                done: list = []
+                with self.lock:
+                    self._break(BrokenPool(f"internal error in the result collector: {exc!r}"),
+                                cause=exc, done=done)
+                self._finish(done)
+                return
+            if self.closing and not self.tasks and not self.stopped:
+                self.close(1.0)
+                return
+            if found:
+                # Results are flowing: collect them in batches every half
+                # millisecond without announcing a sleep, so the workers do not
+                # pay a futex wake per result and this thread does not fight the
+                # submitting thread for the GIL on every one.
+                time.sleep(0.0005)
+            else:
+                chan.wait_driver(seen, 0.005 if self.timed else 0.1, 0.0)
+
+    def run_pass(self) -> int:
+        """One collection pass: deaths, results, time limits, backlog.
+        Returns the number of frames collected."""
+        done: list = []
+        with self.lock:
+            if self.stopped:
+                return 0
+            exits = self.sup.take_exits()
+            frames = self.chan.drain_results()
+            if frames:
+                tasks = self.tasks
+                slots = self.slots
+                for slot, tid, kind, flags, data in frames:
+                    if tid == 0:
+                        self._control(slots[slot], kind, data, done)
+                        continue
+                    task = tasks.pop(tid, None)
+                    if task is None:
+                        continue  # cancelled or abandoned meanwhile
+                    slots[slot].tasks.pop(tid, None)
+                    done.append((task, kind, flags, data))
+            for slot, pid, code, sig in exits:
+                self._on_death(slot, pid, code, sig, done)
+            if self.timed:
+                self._check_time_limits()
+            if self.backlog:
+                self._flush_backlog()
+        if done:
+            self._finish(done)
+            if self.waiters:
+                self.chan.ring_doorbell()
+        return len(frames) + len(exits)
+
+    def _control(self, s: _Slot, kind: int, data: bytes, done: list) -> None:
+        if kind == CONTROL:
+            s.ready = True
+            s.early_deaths = 0
+        elif kind == FAILURE:
+            try:
+                exc, tb = _serialize.loads(data, adopt=True)
+                exc.__cause__ = RemoteTraceback(tb)
+            except BaseException as e:  # noqa: BLE001
+                exc = e
+            self._break(BrokenPool(f"the pool's initializer raised {type(exc).__name__}: {exc}"),
+                        cause=exc, done=done)
+
+    def _finish(self, done: list) -> None:
+        loads = _serialize.loads
+        for task, kind, flags, data in done:
+            if task.timeout_ns:
+                self.timed.discard(task.id)
+            if kind == RESULT:
+                try:
+                    if flags & INDIRECT:
+                        data = _read_indirect(data)
+                    value = loads(data, adopt=True)
+                except BaseException as exc:  # noqa: BLE001
+                    self._deliver_exc(task, SerializationError(
+                        f"the result of task {task.id} ({task.name}) could not be loaded: "
+                        f"{type(exc).__name__}: {exc}"))
+                    continue
+                job = task.job
+                if job is not None:
+                    if not job.cancelled:
+                        job.results[task.index] = value
+                        if not job.ordered:
+                            job.done.append(task.index)
+                else:
+                    try:
+                        task.future.set_result(value)
+                    except InvalidStateError:
+                        pass
+            elif kind == FAILURE:
+                try:
+                    if flags & INDIRECT:
+                        data = _read_indirect(data)
+                    exc, tb = loads(data, adopt=True)
+                    exc.__cause__ = RemoteTraceback(tb)
+                except BaseException as e:  # noqa: BLE001
+                    exc = e
+                self._deliver_exc(task, exc)
+            else:  # an exception made by the driver
+                self._deliver_exc(task, data)
+
+    def _deliver_exc(self, task: _Task, exc: BaseException) -> None:
+        job = task.job
+        if job is not None:
+            if not job.cancelled:
+                job.results[task.index] = _Failed(exc)
+                if not job.ordered:
+                    job.done.append(task.index)
+            return
+        fut = task.future
+        try:
+            if isinstance(exc, CancelledError) and not fut.running():
+                fut.cancel()
+            else:
+                fut.set_exception(exc)
+        except InvalidStateError:
+            pass
+
+    def _fail(self, task: _Task, exc: BaseException, done: list) -> None:
+        # Caller holds the lock.
+        self.tasks.pop(task.id, None)
+        done.append((task, -1, 0, exc))
+
+    def _on_death(self, slot: int, pid: int, code: int, sig: int, done: list) -> None:
+        s = self.slots[slot]
+        if s.pid != pid:
+            return
+        # Results it pushed before dying were drained in this pass already.
+        for slot_, tid, kind, flags, data in self.chan.drain_slot(slot):
+            task = self.tasks.pop(tid, None)
+            if task is not None:
+                s.tasks.pop(tid, None)
+                done.append((task, kind, flags, data))
+        current, _ = self.chan.slot_state(slot)
+        how = _exit_text(code, sig)
+        abnormal = sig != 0 or code != 0
+        tasks = list(s.tasks.values())
+        if current not in s.tasks and abnormal and tasks:
+            current = tasks[0].id  # died between tasks (e.g. while loading one): blame the oldest
+        requeue = []
+        for task in tasks:
+            if task.id not in self.tasks:
+                continue
+            task.slot = -1
+            if task.id != current:
+                requeue.append(task)
+                continue
+            if task.kill_reason == "timeout":
+                self._fail(task, TaskTimeout(
+                    f"task {task.id} ({task.name}) ran past its time limit of "
+                    f"{task.timeout_ns / 1e9:g} s; worker {pid} was killed and replaced"), done)
+            elif task.kill_reason == "cancel":
+                self._fail(task, CancelledError(
+                    f"task {task.id} ({task.name}) was cancelled while running; worker {pid} "
+                    f"was killed and replaced"), done)
+            else:
+                task.attempts += 1
+                if task.attempts <= self.retries:
+                    requeue.append(task)
+                else:
+                    self._fail(task, WorkerLost(
+                        f"worker {pid} {how} while running task {task.id} ({task.name})",
+                        exitcode=None if sig else code, signal=sig or None), done)
+        self.backlog.extendleft(reversed(requeue))
+        s.tasks = {}
+        if self.closing and not self.tasks and not requeue:
+            s.pid = 0
+            return
+        if not s.ready and abnormal:
+            s.early_deaths += 1
+            if s.early_deaths >= _MAX_EARLY_DEATHS:
+                self._break(BrokenPool(f"workers keep dying before they are ready "
+                                       f"(last: {pid} {how})"), done=done)
+                return
+        try:
+            self._start_worker(s)
+        except BaseException as exc:  # noqa: BLE001
+            self._break(BrokenPool(f"could not start a replacement worker: {exc}"), cause=exc,
+                        done=done)
+
+    def _check_time_limits(self) -> None:
+        now = self.core.monotonic_ns()
+        for tid in list(self.timed):
+            task = self.tasks.get(tid)
+            if task is None:
+                self.timed.discard(tid)
+                continue
+            if task.slot < 0 or task.kill_reason:
+                continue
+            current, started = self.chan.slot_state(task.slot)
+            if current == tid and now - started > task.timeout_ns:
+                task.kill_reason = "timeout"
+                self.sup.signal(self.slots[task.slot].pid, _signal.SIGKILL)
+
+    def cancel_running(self, fut: Future) -> bool:
+        task = getattr(fut, "_shoal_task", None)
+        if task is None or fut.done():
+            return False
+        with self.lock:
+            if task.id not in self.tasks:
+                return False
+            if task.slot < 0:  # still in the backlog
+                del self.tasks[task.id]
+                self.timed.discard(task.id)
+                done = [(task, -1, 0, CancelledError(f"task {task.id} cancelled"))]
+            else:
+                current, _ = self.chan.slot_state(task.slot)
+                if current != task.id:
+                    # Queued in a worker's ring: it will run, but nobody waits for it.
+                    del self.tasks[task.id]
+                    self.slots[task.slot].tasks.pop(task.id, None)
+                    self.timed.discard(task.id)
+                    done = [(task, -1, 0, CancelledError(f"task {task.id} cancelled"))]
+                else:
+                    task.kill_reason = "cancel"
+                    self.sup.signal(self.slots[task.slot].pid, _signal.SIGKILL)
+                    done = []
+        if done:
+            self._finish(done)
+            return True
+        self.wait_until(fut.done, 10.0)
+        return fut.cancelled() or isinstance(fut.exception(0), CancelledError)
+
+    # ------------------------------------------------------------ ending
+    def _break(self, exc: BaseException, *, cause: BaseException | None = None,
+               done: list) -> None:
+        """The pool cannot go on: every task fails with exc. Lock held; the
+        caller finishes `done` after releasing it."""
+        if cause is not None:
+            exc.__cause__ = cause
+        if self.broken is None:
+            self.broken = exc
+        for task in list(self.tasks.values()):
+            self._fail(task, exc, done)
+        self.backlog.clear()
+        self.timed.clear()
+        self.closing = True
+
+    def shutdown(self, wait: bool, cancel_futures: bool) -> None:
+        done: list = []
+        with self.lock:
+            self.closing = True
+            if cancel_futures:
+                for task in list(self.backlog):
+                    if task.id in self.tasks:
+                        self._fail(task, CancelledError("cancelled by shutdown"), done)
+                self.backlog.clear()
+            idle = not self.tasks
+        if done:
+            self._finish(done)
+        if self.stopped:
+            return
+        if wait:
+            self.wait_until(lambda: not self.tasks or self.stopped, None)
+            self.close(2.0)
+        elif idle:
+            self.close(2.0)
+        else:
+            self.chan.ring_doorbell()  # the collector closes once the last task is done
+
+    def terminate(self) -> None:
+        with self.lock:
+            if self.stopped:
+                return
+            done: list = []
+            self.closing = True
+            for task in list(self.tasks.values()):
+                self._fail(task, BrokenPool("the pool was terminated"), done)
+            self.backlog.clear()
+        self.close(0)
+        self._finish(done)
+
+    def close(self, grace: float) -> None:
+        """Stops workers (grace seconds to leave on their own, then SIGKILL),
+        the supervisor and the collector. Idempotent."""
+        with self.lock:
+            if self.stopped:
+                return
+            self.stopped = True
+            self.closing = True
+        self.chan.shutdown()
+        self.sup.stop(grace)
+        self.chan.ring_doorbell()
+        with self.cv:
+            self.cv.notify_all()
+        t = getattr(self, "thread", None)
+        if t is not None and t is not threading.current_thread():
+            t.join(5)
+        # Drop what keeps segments alive.
+        with self.lock:
+            self.fns.clear()
+            self.fn_data.clear()
+            self.init_data = None
+            for task in self.tasks.values():
+                task.keep = None
+
+
+def _finalize(engine: _Engine) -> None:
+    # Garbage collection or interpreter exit without close(): no worker and
+    # no segment may outlive the pool.
+    try:
+        engine.terminate()
+    except Exception:  # noqa: BLE001 - finalizers must not raise
+        pass
+
+
+@register
+class ProcessBackend(Backend):
+    """Workers are fresh interpreters started by the C++ supervisor."""
+
+    name = "processes"
+
+    def __init__(self, workers: int, *, initializer: Callable | None = None,
+                 initargs: tuple = (), max_tasks_per_worker: int | None = None,
+                 retries: int = 0, ring_bytes: int = RING_BYTES) -> None:
+        if not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be a positive integer, got {workers!r}")
+        if max_tasks_per_worker is not None and max_tasks_per_worker < 1:
+            raise ValueError(f"max_tasks_per_worker must be >= 1, got {max_tasks_per_worker}")
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be callable")
+        super().__init__(workers, initializer=initializer, initargs=initargs,
+                         max_tasks_per_worker=max_tasks_per_worker, retries=retries)
+        self._engine = _Engine(workers, initializer, initargs, max_tasks_per_worker, retries,
+                               ring_bytes)
+        self._finalizer = weakref.finalize(self, _finalize, self._engine)
+
+    def submit(self, fn: Callable, args: tuple = (), kwargs: dict | None = None, *,
+               timeout: float | None = None) -> Future:
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        return self._engine.submit(fn, tuple(args), kwargs or None, timeout)
+
+    def map(self, fn: Callable, iterable: Iterable, *, chunksize: int | None = None,
+            ordered: bool = True, timeout: float | None = None) -> Iterator[Any]:
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        return self._engine.map(fn, iterable, chunksize, ordered, timeout)
+
+    def cancel_running(self, future: Future) -> bool:
+        return self._engine.cancel_running(future)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._engine.shutdown(wait, cancel_futures)
+
+    def terminate(self) -> None:
+        self._engine.terminate()
+
+    @property
+    def pids(self) -> list[int]:
+        """The live workers' process ids (for tests and monitoring)."""
+        return self._engine.worker_pids()

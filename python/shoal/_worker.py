@@ -1,0 +1,221 @@
+"""Entry point of a shoal worker process: ``python -m shoal._worker --slot I --driver PID``.
+
+The pool's control memory arrives as descriptor 3 (see shoal/pool_channel.hpp).
+
+    driver ──Control(init)──┐
+    driver ──FunctionDef────┤   task ring of slot I    ┌─> run fn(*args)
+    driver ──Call / Batch───┴──> next_tasks() ─────────┤   set_current(slot, task) before,
+                                 (spin, then futex,    │   0 after (the driver reads it
+                                  GIL released)        │   when this process dies)
+    driver <── Result / Failure ── push_result() <─────┘   one frame per task
+
+This process ignores SIGINT (Ctrl-C belongs to the driver) and dies with its
+driver (PR_SET_PDEATHSIG, see guard_worker), removing the driver's shared
+memory segments on its way out.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import traceback
+
+# Frame kinds and flags: shoal/frame.hpp.
+FUNCTION_DEF, CALL, BATCH, RESULT, FAILURE, CONTROL = 1, 2, 3, 4, 5, 6
+INDIRECT = 1
+#: how long an idle worker spins before it sleeps on the futex
+_SPIN_US = float(os.environ.get("SHOAL_WORKER_SPIN_US", "50"))
+
+
+class RemoteErrorStandIn(Exception):
+    """Sent instead of an exception that cannot be pickled."""
+
+
+def _read_indirect(data: bytes) -> bytes:
+    from . import _core
+
+    seg = _core.SharedSegment.attach(data.decode())
+    try:
+        n = int.from_bytes(bytes(seg.view()[:8]), "little")
+        return bytes(seg.view()[8: 8 + n])
+    finally:
+        del seg
+
+
+def _write_indirect(data: bytes) -> bytes:
+    """Puts a payload too big for the ring in a segment; returns its name.
+    The receiver unlinks it."""
+    from . import _core
+
+    seg = _core.SharedSegment.create(8 + len(data))
+    v = seg.view()
+    v[:8] = memoryview(len(data).to_bytes(8, "little"))
+    v[8: 8 + len(data)] = memoryview(data)
+    del v
+    seg.release_name()
+    return seg.name.encode()
+
+
+class Worker:
+    def __init__(self, slot: int, driver: int) -> None:
+        from . import _core, _serialize
+
+        self.slot = slot
+        self.driver = driver
+        self.core = _core
+        self.serialize = _serialize
+        self.chan = _core.PoolChannel.attach_fd(3)
+        self.limit = self.chan.max_payload // 2
+        self.fns: dict[int, object] = {}
+        self.done = 0
+
+    # ---------------------------------------------------------------- sending
+    def send(self, task_id: int, kind: int, data: bytes) -> None:
+        flags = 0
+        if len(data) > self.limit:
+            data = _write_indirect(data)
+            flags = INDIRECT
+        self.chan.push_result(self.slot, task_id, kind, flags, data)
+
+    def send_value(self, task_id: int, value: object) -> None:
+        try:
+            payload = self.serialize.dumps(value)
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller
+            self.send_failure(task_id, exc, f"the result of task {task_id} could not be sent")
+            return
+        self.send(task_id, RESULT, bytes(payload.data))
+        # The driver loads results with adopt=True: it unlinks the segments.
+        payload.release_names()
+
+    def send_failure(self, task_id: int, exc: BaseException, context: str | None = None) -> None:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        if context:
+            tb = f"{context}\n{tb}"
+        try:
+            payload = self.serialize.dumps((exc, tb))
+        except BaseException:  # noqa: BLE001 - the exception itself cannot travel
+            stand_in = RemoteErrorStandIn(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
+            payload = self.serialize.dumps((stand_in, tb))
+        self.send(task_id, FAILURE, bytes(payload.data))
+        payload.release_names()
+
+    # ---------------------------------------------------------------- running
+    def run_one(self, task_id: int, fn, args, kwargs) -> None:
+        chan, slot = self.chan, self.slot
+        chan.set_current(slot, task_id)
+        try:
+            value = fn(*args, **kwargs) if kwargs else fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - SystemExit included: report, keep serving
+            chan.set_current(slot, 0)
+            self.send_failure(task_id, exc)
+            self.done += 1
+            return
+        # Still "current" while the result is serialized: a crash there is this task's.
+        self.send_value(task_id, value)
+        chan.set_current(slot, 0)
+        self.done += 1
+
+    def handle(self, task_id: int, kind: int, flags: int, data: bytes) -> None:
+        if flags & INDIRECT:
+            data = _read_indirect(data)
+        if kind == CALL:
+            try:
+                fn_id, args, kwargs = self.serialize.loads(data)
+                fn = self.fns[fn_id]
+            except BaseException as exc:  # noqa: BLE001
+                self.send_failure(task_id, exc, f"task {task_id} could not be loaded in the worker")
+                return
+            self.run_one(task_id, fn, args, kwargs)
+        elif kind == BATCH:
+            try:
+                fn_id, ids, items = self.serialize.loads(data)
+                fn = self.fns[fn_id]
+            except BaseException as exc:  # noqa: BLE001
+                try:
+                    ids = self.serialize.loads(data)[1]
+                except BaseException:  # noqa: BLE001 - nothing identifies the tasks
+                    raise exc from None
+                for tid in ids:
+                    self.send_failure(tid, exc, f"task {tid} could not be loaded in the worker")
+                return
+            run_one = self.run_one
+            for tid, item in zip(ids, items):
+                run_one(tid, fn, (item,), None)
+        elif kind == FUNCTION_DEF:
+            try:
+                self.fns[task_id] = self.serialize.loads(data)
+            except BaseException as exc:  # noqa: BLE001
+                self.fns[task_id] = _Unloadable(exc)
+        elif kind == CONTROL:
+            self.control(self.serialize.loads(data))
+
+    def control(self, msg: dict) -> None:
+        if "sys_path" in msg:
+            sys.path[:] = msg["sys_path"]
+        if msg.get("init") is not None:
+            try:
+                initializer, initargs = self.serialize.loads(msg["init"])
+                initializer(*initargs)
+            except BaseException as exc:  # noqa: BLE001 - the driver marks the pool broken
+                self.send_failure(0, exc, "the pool's initializer raised")
+                return
+        _cap_native_threads()
+        self.send(0, CONTROL, b"ready")
+
+    def serve(self, max_tasks: int = 0) -> None:
+        chan, slot, driver = self.chan, self.slot, self.driver
+        handle = self.handle
+        while True:
+            frames = chan.next_tasks(slot, 1.0, _SPIN_US)
+            if chan.is_shutdown:
+                return
+            if not frames:
+                if os.getppid() != driver:
+                    return
+                continue
+            for task_id, kind, flags, data in frames:
+                handle(task_id, kind, flags, data)
+            # The driver never sends more than max_tasks tasks to one worker.
+            if max_tasks and self.done >= max_tasks:
+                return
+
+
+class _Unloadable:
+    """Stands in for a function that could not be unpickled in the worker:
+    every task using it fails with the original error."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __call__(self, *args, **kwargs):
+        raise self.exc
+
+
+def _cap_native_threads() -> None:
+    # The env (OMP_NUM_THREADS, ...) caps libraries loaded later; threadpoolctl
+    # caps the ones the initializer already loaded.
+    n = os.environ.get("SHOAL_NUM_THREADS")
+    if not n:
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(int(n))
+    except Exception:  # noqa: BLE001 - capping is best effort
+        pass
+
+
+def main(argv: list[str]) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    args = dict(zip(argv[0::2], argv[1::2]))
+    slot, driver = int(args["--slot"]), int(args["--driver"])
+    from . import _core
+
+    _core.guard_worker(driver)
+    Worker(slot, driver).serve(int(args.get("--max-tasks", 0)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

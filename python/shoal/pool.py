@@ -1,0 +1,297 @@
+"""shoal's two front ends over one engine: ``Pool`` (the multiprocessing.Pool
+surface) and ``Executor`` (a real concurrent.futures.Executor).
+
+Both only talk to a backend through ``shoal._backend`` (``backend="processes"``
+by default; ``"threads"`` and later ``"mpi"`` slot in without changing user
+code)::
+
+    with shoal.Pool() as pool:                  # every core this job was given
+        squares = pool.map(f, range(1_000_000))  # list, adaptive chunks
+        r = pool.apply_async(g, (x,), timeout=60)  # kills + replaces a stuck worker
+
+    with shoal.Executor(max_workers=4) as ex:
+        futs = [ex.submit(f, i) for i in range(100)]
+        for fut in concurrent.futures.as_completed(futs): ...
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import threading
+from typing import Any, Callable, Iterable, Iterator
+
+from . import _backend
+from .allocation import default_workers
+
+__all__ = ["Pool", "Executor", "AsyncResult"]
+
+
+class _Star:
+    """fn(*args) for starmap; a class (not a closure) so that it pickles by
+    reference to shoal.pool plus the wrapped fn."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn = fn
+
+    def __call__(self, args: Any) -> Any:
+        return self.fn(*args)
+
+    def __reduce__(self):
+        return (_Star, (self.fn,))
+
+
+def _resolve_workers(workers: int | None, what: str) -> int:
+    if workers is None:
+        return default_workers()
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"{what} must be a positive integer or None, got {workers!r}")
+    return workers
+
+
+def _progress(it: Iterator, total: int | None, enabled: bool) -> Iterator:
+    if not enabled:
+        return it
+    from tqdm.auto import tqdm
+
+    return iter(tqdm(it, total=total, unit="task", smoothing=0.1))
+
+
+def _length(iterable: Iterable) -> int | None:
+    try:
+        return len(iterable)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+class AsyncResult:
+    """What ``Pool.apply_async`` returns (the multiprocessing.AsyncResult surface)."""
+
+    def __init__(self, future: cf.Future, backend: _backend.Backend,
+                 callback: Callable | None, error_callback: Callable | None) -> None:
+        self._future = future
+        self._backend = backend
+        if callback is not None or error_callback is not None:
+            def done(f: cf.Future) -> None:
+                exc = None if f.cancelled() else f.exception()
+                if f.cancelled():
+                    exc = cf.CancelledError()
+                if exc is None:
+                    if callback is not None:
+                        callback(f.result())
+                elif error_callback is not None:
+                    error_callback(exc)
+            future.add_done_callback(done)
+
+    @property
+    def future(self) -> cf.Future:
+        return self._future
+
+    def get(self, timeout: float | None = None) -> Any:
+        return self._future.result(timeout)
+
+    def wait(self, timeout: float | None = None) -> None:
+        try:
+            self._future.exception(timeout)
+        except (cf.TimeoutError, cf.CancelledError):
+            pass
+
+    def ready(self) -> bool:
+        return self._future.done()
+
+    def successful(self) -> bool:
+        if not self._future.done():
+            raise ValueError("the result is not ready")
+        return not self._future.cancelled() and self._future.exception() is None
+
+    def cancel(self, *, running: bool = True) -> bool:
+        """Cancels the task; if it is already running and ``running`` is true,
+        its worker is killed and replaced (the task raises CancelledError)."""
+        if self._future.cancel():
+            return True
+        return running and self._backend.cancel_running(self._future)
+
+
+class Pool:
+    """``multiprocessing.Pool``'s surface on shoal's engine.
+
+    ``workers=None`` means ``shoal.default_workers()``. ``retries``: how often a
+    task whose worker died is re-run before it fails with ``shoal.WorkerLost``.
+    Functions from ``__main__``, lambdas and closures work; no ``if __name__ ==
+    "__main__"`` guard is needed.
+    """
+
+    def __init__(self, workers: int | None = None, *, initializer: Callable | None = None,
+                 initargs: tuple = (), max_tasks_per_worker: int | None = None,
+                 retries: int = 0, backend: str = "processes") -> None:
+        self._workers = _resolve_workers(workers, "workers")
+        self._backend = _backend.create(backend, self._workers, initializer=initializer,
+                                        initargs=tuple(initargs),
+                                        max_tasks_per_worker=max_tasks_per_worker,
+                                        retries=retries)
+        self._state = "running"
+        self._lock = threading.Lock()
+
+    @property
+    def workers(self) -> int:
+        return self._workers
+
+    @property
+    def backend(self) -> _backend.Backend:
+        return self._backend
+
+    def _check_running(self) -> None:
+        if self._state != "running":
+            raise ValueError(f"Pool not running (it was {self._state})")
+
+    # -------------------------------------------------------------- maps
+    def imap(self, fn: Callable, iterable: Iterable, chunksize: int | None = None, *,
+             progress: bool = False) -> Iterator[Any]:
+        """Results in order, as they come. ``chunksize=None``: chosen adaptively."""
+        self._check_running()
+        it = self._backend.map(fn, iterable, chunksize=chunksize, ordered=True)
+        return _progress(it, _length(iterable), progress)
+
+    def imap_unordered(self, fn: Callable, iterable: Iterable, chunksize: int | None = None, *,
+                       progress: bool = False) -> Iterator[Any]:
+        """Results in completion order."""
+        self._check_running()
+        it = self._backend.map(fn, iterable, chunksize=chunksize, ordered=False)
+        return _progress(it, _length(iterable), progress)
+
+    def map(self, fn: Callable, iterable: Iterable, chunksize: int | None = None, *,
+            progress: bool = False) -> list:
+        """``[fn(x) for x in iterable]`` in parallel. With ``chunksize=1`` every
+        item is its own task (own error, own retry)."""
+        return list(self.imap(fn, iterable, chunksize, progress=progress))
+
+    def starmap(self, fn: Callable, iterable: Iterable[Iterable], chunksize: int | None = None,
+                *, progress: bool = False) -> list:
+        """``[fn(*args) for args in iterable]`` in parallel."""
+        return list(self.imap(_Star(fn), iterable, chunksize, progress=progress))
+
+    # -------------------------------------------------------------- single tasks
+    def apply_async(self, fn: Callable, args: tuple = (), kwds: dict | None = None,
+                    callback: Callable | None = None, error_callback: Callable | None = None,
+                    *, timeout: float | None = None) -> AsyncResult:
+        """Runs ``fn(*args, **kwds)``. Past ``timeout`` seconds of running, its
+        worker is killed and replaced and ``get()`` raises ``shoal.TaskTimeout``."""
+        self._check_running()
+        fut = self._backend.submit(fn, tuple(args), dict(kwds) if kwds else None,
+                                   timeout=timeout)
+        return AsyncResult(fut, self._backend, callback, error_callback)
+
+    def apply(self, fn: Callable, args: tuple = (), kwds: dict | None = None, *,
+              timeout: float | None = None) -> Any:
+        return self.apply_async(fn, args, kwds, timeout=timeout).get()
+
+    # -------------------------------------------------------------- lifetime
+    def close(self) -> None:
+        """No new tasks; the workers leave once the submitted ones are done."""
+        with self._lock:
+            if self._state == "running":
+                self._state = "closed"
+                self._backend.shutdown(wait=False)
+
+    def terminate(self) -> None:
+        """Stops now: running and queued tasks fail, workers are killed."""
+        with self._lock:
+            self._state = "terminated"
+        self._backend.terminate()
+
+    def join(self) -> None:
+        """Waits for the workers to exit (after close() or terminate())."""
+        if self._state == "running":
+            raise ValueError("call close() or terminate() before join()")
+        self._backend.shutdown(wait=True)
+
+    def __enter__(self) -> "Pool":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # Unlike multiprocessing (which always terminates), a clean exit lets
+        # submitted work finish; an exception stops everything at once.
+        if exc_type is None:
+            self.close()
+            self.join()
+        else:
+            self.terminate()
+
+    def __repr__(self) -> str:
+        return f"<shoal.Pool workers={self._workers} backend={self._backend.name!r} {self._state}>"
+
+
+class Executor(cf.Executor):
+    """A ``concurrent.futures.Executor`` on shoal's engine.
+
+    ``task_timeout``: a time limit for every task of this executor (the
+    worker is killed and replaced, the Future raises ``shoal.TaskTimeout``);
+    ``submit_with(fn, args, kwargs, timeout=...)`` sets one per task while
+    leaving ``submit``'s keyword arguments to ``fn``.
+    """
+
+    def __init__(self, max_workers: int | None = None, *, backend: str = "processes",
+                 initializer: Callable | None = None, initargs: tuple = (),
+                 max_tasks_per_worker: int | None = None, retries: int = 0,
+                 task_timeout: float | None = None) -> None:
+        self._workers = _resolve_workers(max_workers, "max_workers")
+        if task_timeout is not None and task_timeout <= 0:
+            raise ValueError(f"task_timeout must be > 0, got {task_timeout}")
+        self._backend = _backend.create(backend, self._workers, initializer=initializer,
+                                        initargs=tuple(initargs),
+                                        max_tasks_per_worker=max_tasks_per_worker,
+                                        retries=retries)
+        self._task_timeout = task_timeout
+        self._shutdown = False
+
+    @property
+    def workers(self) -> int:
+        return self._workers
+
+    @property
+    def backend(self) -> _backend.Backend:
+        return self._backend
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> cf.Future:
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        return self._backend.submit(fn, args, kwargs or None, timeout=self._task_timeout)
+
+    def submit_with(self, fn: Callable, args: tuple = (), kwargs: dict | None = None, *,
+                    timeout: float | None = None) -> cf.Future:
+        """``submit`` with a per-task time limit in seconds."""
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        return self._backend.submit(fn, tuple(args), kwargs or None,
+                                    timeout=self._task_timeout if timeout is None else timeout)
+
+    def cancel_running(self, future: cf.Future) -> bool:
+        """Cancels a task even if it already runs (its worker is killed and
+        replaced; the Future raises CancelledError)."""
+        if future.cancel():
+            return True
+        return self._backend.cancel_running(future)
+
+    def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
+            chunksize: int | None = None) -> Iterator[Any]:
+        """Like concurrent.futures: results in order; ``timeout`` counts from
+        this call. ``chunksize=None`` chooses one adaptively."""
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if len(iterables) == 1:
+            return self._backend.map(fn, iterables[0], chunksize=chunksize, timeout=timeout)
+        return self._backend.map(_Star(fn), list(zip(*iterables)), chunksize=chunksize,
+                                 timeout=timeout)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._shutdown = True
+        self._backend.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+    def terminate(self) -> None:
+        """Stops now: pending and running tasks fail, workers are killed."""
+        self._shutdown = True
+        self._backend.terminate()
+
+    def __repr__(self) -> str:
+        return f"<shoal.Executor workers={self._workers} backend={self._backend.name!r}>"

@@ -1,0 +1,203 @@
+#include "shoal/pool_channel.hpp"
+
+#include <sched.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <climits>
+#include <new>
+#include <string>
+#include <utility>
+
+namespace shoal {
+
+namespace {
+
+constexpr std::size_t round_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }
+
+std::size_t pow2_at_least(std::size_t n) {
+  std::size_t p = TaskRing::min_capacity;
+  while (p < n) {
+    SHOAL_CHECK(p <= (std::size_t{1} << 40), "ring size too large");
+    p <<= 1;
+  }
+  return p;
+}
+
+// Slot geometry: [WorkerSlot][task data][result data], each 4 KiB aligned.
+constexpr std::size_t page = 4096;
+std::size_t slot_header_bytes() { return round_up(sizeof(WorkerSlot), page); }
+
+}  // namespace
+
+PoolChannel::PoolChannel(int fd, void* base, std::size_t size) noexcept
+    : fd_(fd), base_(base), size_(size), header_(static_cast<ChannelHeader*>(base)) {}
+
+PoolChannel PoolChannel::create(std::size_t slots, std::size_t ring_bytes) {
+  SHOAL_CHECK(slots >= 1 && slots <= 4096, "a pool needs 1..4096 worker slots, got " +
+                                               std::to_string(slots));
+  const std::size_t ring = pow2_at_least(ring_bytes);
+  const std::size_t slot_bytes = slot_header_bytes() + 2 * ring;
+  const std::size_t total = round_up(sizeof(ChannelHeader), page) + slots * slot_bytes;
+  int fd = memfd_create("shoal-pool", MFD_CLOEXEC);
+  if (fd < 0) throw_errno("memfd_create for the pool's control memory");
+  if (ftruncate(fd, static_cast<off_t>(total)) != 0) {
+    int e = errno;
+    ::close(fd);
+    throw_errno("sizing the pool's control memory to " + std::to_string(total) + " bytes", e);
+  }
+  void* p = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) {
+    int e = errno;
+    ::close(fd);
+    throw_errno("mapping the pool's control memory", e);
+  }
+  PoolChannel ch(fd, p, total);
+  auto* h = new (p) ChannelHeader();
+  h->magic = magic_value;
+  h->version = version_value;
+  h->slots = static_cast<std::uint32_t>(slots);
+  h->ring_bytes = ring;
+  h->slot_bytes = slot_bytes;
+  h->total_bytes = total;
+  for (std::size_t i = 0; i < slots; ++i) {
+    auto* s = new (&ch.slot(i)) WorkerSlot();
+    TaskRing::initialize(&s->task_ctl, ring);
+    TaskRing::initialize(&s->result_ctl, ring);
+  }
+  return ch;
+}
+
+PoolChannel PoolChannel::attach_fd(int fd) {
+  struct stat st {};
+  if (fstat(fd, &st) != 0) throw_errno("fstat of the pool control descriptor");
+  SHOAL_CHECK(static_cast<std::size_t>(st.st_size) >= sizeof(ChannelHeader),
+              "descriptor " + std::to_string(fd) + " is not a shoal pool channel (too small)");
+  const auto size = static_cast<std::size_t>(st.st_size);
+  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) throw_errno("mapping the pool's control memory");
+  ::close(fd);
+  PoolChannel ch(-1, p, size);
+  const ChannelHeader& h = *ch.header_;
+  SHOAL_CHECK(h.magic == magic_value && h.version == version_value,
+              "descriptor is not a shoal pool channel of this version");
+  SHOAL_CHECK(h.total_bytes == size && h.slots >= 1 &&
+                  round_up(sizeof(ChannelHeader), page) + h.slots * h.slot_bytes <= size &&
+                  h.slot_bytes >= slot_header_bytes() + 2 * h.ring_bytes,
+              "pool channel header inconsistent with its size");
+  return ch;
+}
+
+PoolChannel::PoolChannel(PoolChannel&& o) noexcept
+    : fd_(std::exchange(o.fd_, -1)),
+      base_(std::exchange(o.base_, nullptr)),
+      size_(std::exchange(o.size_, 0)),
+      header_(std::exchange(o.header_, nullptr)) {}
+
+PoolChannel& PoolChannel::operator=(PoolChannel&& o) noexcept {
+  if (this != &o) {
+    close();
+    fd_ = std::exchange(o.fd_, -1);
+    base_ = std::exchange(o.base_, nullptr);
+    size_ = std::exchange(o.size_, 0);
+    header_ = std::exchange(o.header_, nullptr);
+  }
+  return *this;
+}
+
+PoolChannel::~PoolChannel() { close(); }
+
+void PoolChannel::close() noexcept {
+  if (base_ != nullptr) munmap(base_, size_);
+  if (fd_ >= 0) ::close(fd_);
+  base_ = nullptr;
+  header_ = nullptr;
+  fd_ = -1;
+}
+
+WorkerSlot& PoolChannel::slot(std::size_t i) const {
+  SHOAL_CHECK(i < header_->slots, "worker slot " + std::to_string(i) + " out of range (" +
+                                      std::to_string(header_->slots) + " slots)");
+  auto* base = static_cast<unsigned char*>(base_) + round_up(sizeof(ChannelHeader), page) +
+               i * header_->slot_bytes;
+  return *reinterpret_cast<WorkerSlot*>(base);
+}
+
+TaskRing PoolChannel::task_ring(std::size_t i) const {
+  WorkerSlot& s = slot(i);
+  auto* data = reinterpret_cast<unsigned char*>(&s) + slot_header_bytes();
+  return TaskRing(&s.task_ctl, data);
+}
+
+TaskRing PoolChannel::result_ring(std::size_t i) const {
+  WorkerSlot& s = slot(i);
+  auto* data = reinterpret_cast<unsigned char*>(&s) + slot_header_bytes() + header_->ring_bytes;
+  return TaskRing(&s.result_ctl, data);
+}
+
+void PoolChannel::ring_doorbell() noexcept {
+  header_->doorbell.fetch_add(1, std::memory_order_seq_cst);
+  if (header_->driver_sleepers.load(std::memory_order_seq_cst) != 0)
+    detail::futex_wake(&header_->doorbell, INT_MAX);
+}
+
+void PoolChannel::notify_driver() noexcept {
+  // Pairs with wait_driver(): the result's tail store (seq_cst) precedes this
+  // load; the sleeper's increment precedes its last look at the rings.
+  if (header_->driver_sleepers.load(std::memory_order_seq_cst) != 0) ring_doorbell();
+}
+
+bool PoolChannel::any_result() const noexcept {
+  for (std::size_t i = 0; i < header_->slots; ++i)
+    if (!result_ring(i).empty()) return true;
+  return false;
+}
+
+bool PoolChannel::wait_driver(std::uint32_t seen, std::int64_t timeout_ns,
+                              std::int64_t spin_ns) noexcept {
+  auto ready = [&] { return doorbell() != seen || any_result(); };
+  const std::uint64_t start = detail::monotonic_ns();
+  do {
+    for (int i = 0; i < 16; ++i) {
+      if (ready()) return true;
+      detail::cpu_relax();
+    }
+    if (spin_ns > 0) sched_yield();  // the worker we wait for may need this core
+  } while (static_cast<std::int64_t>(detail::monotonic_ns() - start) < spin_ns);
+  const std::uint64_t deadline = timeout_ns < 0 ? 0 : start + static_cast<std::uint64_t>(timeout_ns);
+  while (true) {
+    std::int64_t left = -1;
+    if (timeout_ns >= 0) {
+      const std::uint64_t now = detail::monotonic_ns();
+      if (now >= deadline) return ready();
+      left = static_cast<std::int64_t>(deadline - now);
+    }
+    const std::uint32_t bell = doorbell();
+    header_->driver_sleepers.fetch_add(1, std::memory_order_seq_cst);
+    if (ready()) {
+      header_->driver_sleepers.fetch_sub(1, std::memory_order_seq_cst);
+      return true;
+    }
+    detail::futex_wait(&header_->doorbell, bell, left);
+    header_->driver_sleepers.fetch_sub(1, std::memory_order_seq_cst);
+    if (ready()) return true;
+  }
+}
+
+void PoolChannel::shutdown() noexcept {
+  header_->shutdown.store(1, std::memory_order_seq_cst);
+  for (std::size_t i = 0; i < header_->slots; ++i) task_ring(i).wake_consumer();
+}
+
+void PoolChannel::reset_slot(std::size_t i) {
+  WorkerSlot& s = slot(i);
+  task_ring(i).reset();
+  result_ring(i).reset();
+  s.current_task.store(0, std::memory_order_relaxed);
+  s.started_ns.store(0, std::memory_order_relaxed);
+  s.pid.store(0, std::memory_order_seq_cst);
+}
+
+}  // namespace shoal
