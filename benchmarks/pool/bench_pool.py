@@ -8,6 +8,9 @@
 
 Writes benchmarks/results/pool.json (or --json PATH). Pools are started and
 warmed outside the timed region except in goal 6, which times exactly that.
+Goal 5a's "cold segments" row empties shoal's segment recycler before each
+repeat (a first transfer); the main row lets it work (repeated transfers, as
+joblib reuses its memmap folder only within one call).
 The task functions live in this script's __main__, as a user's would: shoal
 sends them by value (cached), the fork-based peers inherit them.
 """
@@ -59,9 +62,12 @@ def integrate_block(args):
 
 # ------------------------------------------------------------------- machinery
 
-def median_time(fn: Callable[[], Any], repeats: int) -> float:
+def median_time(fn: Callable[[], Any], repeats: int,
+                setup: Callable[[], Any] | None = None) -> float:
     times = []
     for _ in range(repeats):
+        if setup is not None:
+            setup()
         gc.collect()
         t0 = time.perf_counter()
         fn()
@@ -108,14 +114,15 @@ def close(pool: Any) -> None:
 
 
 def measure(label: str, make: Callable[[], Any] | None, body: Callable[[Any], Any],
-            repeats: int, warm: Callable[[Any], Any] | None = None) -> dict:
+            repeats: int, warm: Callable[[Any], Any] | None = None,
+            setup: Callable[[], Any] | None = None) -> dict:
     """Time body(pool) (median of repeats) with a pool made and warmed outside."""
     pool = None
     try:
         pool = make() if make is not None else None
         if warm is not None:
             warm(pool)
-        t = median_time(lambda: body(pool), repeats)
+        t = median_time(lambda: body(pool), repeats, setup)
         return {"label": label, "seconds": t}
     except Unavailable as exc:
         return {"label": label, "seconds": None, "error": str(exc)}
@@ -231,8 +238,16 @@ def goal5a(q: bool, r: int):
         total = sum(_joblib(chunk_sum, chunks))
         assert abs(total - expected) < 1e-6 * abs(expected)
 
+    def cold():
+        # forget recycled segments: every transfer allocates and maps anew
+        from shoal import _serialize
+
+        _serialize.clear_segment_cache()
+
     mib = big["plain"].nbytes // 2**20
     rows = [measure("shoal.Pool.map (out of band)", shoal_pool, body, r, warm_map),
+            measure("shoal.Pool.map (out of band, cold segments)", shoal_pool, body, r, warm_map,
+                    setup=cold),
             measure("joblib(loky, memmap)", None, body_joblib, r, lambda p: _joblib(f, range(8))),
             measure("multiprocessing.Pool.map (pickled)", mp_pool, body, r, warm_map)]
     return (rows, "shoal.Pool.map (out of band)", "joblib(loky, memmap)", 5.0,
