@@ -318,3 +318,102 @@ def test_trim_mappings_drops_dead_segments():
     out = proc.stdout.read()
     assert proc.wait(timeout=60) == 0
     assert out.strip() == b"0"
+
+
+# ------------------------------------------------------------- with shoal.Pool
+
+def _has_pool() -> bool:
+    try:
+        import shoal.pool  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+needs_pool = pytest.mark.skipif(not _has_pool(), reason="shoal.Pool is not built")
+
+
+def fill_block(a, value):
+    a[...] = value
+    return os.getpid()
+
+
+def die_or_fill(a, value):
+    if value < 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    a[...] = value
+    return value
+
+
+def echo(x):
+    return x
+
+
+@needs_pool
+@pytest.mark.timeout(120)
+def test_pool_tasks_write_into_their_slices():
+    a = shared.zeros((8, 50_000))
+    with shoal.Pool(2) as pool:
+        pids = pool.starmap(fill_block, [(a[i], i + 1) for i in range(8)], chunksize=1)
+        assert os.getpid() not in pids
+        for i in range(8):
+            assert (a[i] == i + 1).all()
+        # many tasks over one array: workers map it once (cached), all writes land
+        pool.starmap(fill_block, [(a[i, j:j + 1000], -1.0) for i in range(8)
+                                  for j in range(0, 50_000, 1000)])
+        assert (a == -1.0).all()
+
+
+@needs_pool
+@pytest.mark.timeout(120)
+def test_pool_survives_a_worker_killed_mid_task_on_a_shared_array():
+    a = shared.zeros(4)
+    with shoal.Pool(2) as pool:
+        bad = pool.apply_async(die_or_fill, (a[0:1], -1))
+        with pytest.raises(shoal.WorkerLost):
+            bad.get(timeout=60)
+        # the memory and the name survive; the replacement worker attaches it
+        assert exists(a.segment_name)
+        assert pool.starmap(die_or_fill, [(a[i:i + 1], i + 1) for i in range(4)]) == [1, 2, 3, 4]
+    assert list(a) == [1.0, 2.0, 3.0, 4.0]
+
+
+@needs_pool
+@pytest.mark.timeout(120)
+def test_pool_big_arguments_and_results_travel_out_of_band():
+    big = np.arange(2_000_000, dtype=np.float64)  # 16 MB
+    S.clear_segment_cache()
+    before = set(os.listdir("/dev/shm"))
+    with shoal.Pool(2) as pool:
+        pids = {os.getpid()} | set(pool.map(_pid, range(8),
+                                            chunksize=1))
+        for _ in range(3):  # the second and third reuse recycled segments
+            out = pool.apply(echo, (big,))
+            np.testing.assert_array_equal(out, big)
+        res = pool.map(echo, [big[i::4] for i in range(4)], chunksize=1)
+        for i in range(4):
+            np.testing.assert_array_equal(res[i], big[i::4])
+    del out, res
+    gc.collect()
+    S.clear_segment_cache()
+    # nothing this test's processes created is left: argument segments were
+    # recycled then unlinked, result segments adopted (unlinked) by the driver
+    left = [n for n in set(os.listdir("/dev/shm")) - before
+            if n.startswith("shoal.") and int(n.split(".")[1]) in pids]
+    assert left == []
+
+
+def _pid(_):
+    return os.getpid()
+
+
+@needs_pool
+@pytest.mark.timeout(120)
+def test_pool_unpicklable_argument_is_named_and_pool_goes_on():
+    import threading
+
+    with shoal.Pool(2) as pool:
+        fut = pool.apply_async(echo, ({"lock": threading.Lock()},))
+        with pytest.raises(shoal.SerializationError, match=r"_thread.lock.*\['lock'\]"):
+            fut.get(timeout=60)
+        assert pool.apply(echo, (5,)) == 5
