@@ -153,8 +153,9 @@ def goal1(q: bool, r: int):
     body = lambda p: p.map(f, range(n), chunksize=1)  # noqa: E731
     rows = [measure("shoal.Pool.map", shoal_pool, body, r, warm_map),
             measure("multiprocessing.Pool.map", mp_pool, body, r, warm_map),
-            measure("ProcessPoolExecutor.map", ppe, lambda p: list(p.map(f, range(n), chunksize=1)),
-                    r, warm_submit)]
+            # about 50 s per run here: context only, one run
+            measure("ProcessPoolExecutor.map (1 run)", ppe,
+                    lambda p: list(p.map(f, range(n), chunksize=1)), 1, warm_submit)]
     return (rows, "shoal.Pool.map", "multiprocessing.Pool.map", 10.0,
             f"map(f, range({n:,}), chunksize=1)")
 
