@@ -9,15 +9,22 @@ Data flow of one object (a task's ``(fn, args)`` or its result)::
         | small buffers: inline in the pickle stream
         | buffers >= OUT_OF_BAND_THRESHOLD: buffer_callback
         v
-      one new SharedSegment per payload   <-- the ONE copy of big buffers
+      one SharedSegment per payload       <-- the ONE copy of big buffers
+      (a recycled one if the arena has a        (into a recycled segment: just a memcpy)
+       free one of the right size)
       Payload(.data = [marker][header][pickle],
               .segments = [that segment])  --- .data travels (ring) --->  loads(data)
-      sender keeps .segments alive                          attach segment by name
-      until the receiver has loaded                         buffers = views on the mapping
+      sender keeps the Payload alive                        attach segment by name (mapping
+      until the receiver has loaded                           cached per name)
+                                                            buffers = ctypes views on the mapping
                                                             pickle.loads(pickle, buffers)
                                                             (numpy arrays: views, no copy;
                                                              the mapping lives as long as they do)
                                                             adopt=True: unlink the name now
+                                                            all rebuilt objects gone:
+      Payload dropped: segment -> arena   <-- in_use word = 0 ---  finalizer
+      (refilled only once in_use == 0;
+       evicted/unlinked past the cache limit)
 
 ``shoal.shared.SharedArray`` never goes through the buffer callback: it pickles
 by reference (segment name, offset, shape, strides, dtype), see ``shared.py``.
@@ -384,7 +391,9 @@ def dumps(obj: Any, *, threshold: int = OUT_OF_BAND_THRESHOLD,
 
 _HEADER = 64
 RECYCLE_MIN = 1 << 20          # smaller segments are cheap enough to make anew
-ARENA_MAX_BYTES = 1 << 30      # free segments kept by a sender
+#: free segments a sender keeps (and mappings a receiver keeps), in bytes;
+#: SHOAL_SEGMENT_CACHE_BYTES=0 turns recycling off.
+ARENA_MAX_BYTES = int(os.environ.get("SHOAL_SEGMENT_CACHE_BYTES", 1 << 30))
 ARENA_MAX_SEGMENTS = 32
 RECEIVER_MAX_MAPPINGS = 32
 
@@ -416,7 +425,7 @@ class _Arena:
     def give(self, seg: Any, word: Any) -> None:
         # Only a segment whose name we still own can be refilled: after
         # release_names() the receiver adopts (unlinks) it.
-        if not seg.owns_name or seg.size < RECYCLE_MIN or seg.size > ARENA_MAX_BYTES // 2:
+        if not seg.owns_name or seg.size < RECYCLE_MIN or seg.size > ARENA_MAX_BYTES:
             return
         evicted = []
         with self.lock:
@@ -471,10 +480,13 @@ def _attach(name: str) -> Any:
     with _MAPPED_LOCK:
         for old in [k for k in _MAPPED if not os.path.exists("/dev/shm" + k)]:
             del _MAPPED[old]
-        while len(_MAPPED) >= RECEIVER_MAX_MAPPINGS:
-            del _MAPPED[next(iter(_MAPPED))]
         seg = _core.SharedSegment.attach(name)
-        _MAPPED[name] = seg
+        if seg.size >= RECYCLE_MIN and ARENA_MAX_BYTES > 0:
+            # Only segments a sender may recycle are worth keeping mapped.
+            total = seg.size + sum(m.size for m in _MAPPED.values())
+            while _MAPPED and (len(_MAPPED) >= RECEIVER_MAX_MAPPINGS or total > ARENA_MAX_BYTES):
+                total -= _MAPPED.pop(next(iter(_MAPPED))).size
+            _MAPPED[name] = seg
         return seg
 
 
