@@ -74,7 +74,7 @@ PLAIN = [
     collections.OrderedDict(a=1), collections.Counter("hello"), decimal.Decimal("1.25"),
     fractions.Fraction(3, 7), datetime.datetime(2024, 1, 2, 3, 4, 5), uuid.UUID(int=42),
     Point(1, 2), square, functools.partial(square, 3), ValueError("boom"),
-    "x" * 1_000_000, list(range(10_000)),
+    "x" * 1_000_000, list(range(10_000)), bytearray(b"xyz" * 200_000),
 ]
 
 
