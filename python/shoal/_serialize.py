@@ -59,7 +59,8 @@ from typing import Any
 
 from ._errors import SerializationError
 
-__all__ = ["Payload", "dumps", "loads", "OUT_OF_BAND_THRESHOLD"]
+__all__ = ["Payload", "dumps", "loads", "OUT_OF_BAND_THRESHOLD", "clear_segment_cache",
+           "trim_receiver_mappings"]
 
 #: Buffers at least this large go out of band.
 #: Measured here (python benchmarks/pool/bench_serialize.py, round trip of one
@@ -91,10 +92,15 @@ class Payload:
     """What :func:`dumps` returns.
 
     ``data``: the bytes to send. ``segments``: the shared-memory segments the
-    receiver will attach; the sender keeps them (and so this Payload, which
-    also keeps alive the shared arrays it references) alive until the receiver
-    has called :func:`loads`. ``nbytes_out_of_band``: bytes that went through
-    shared memory instead of ``data``.
+    receiver will attach. ``nbytes_out_of_band``: bytes that went through
+    shared memory instead of ``data``. ``keepalive``: the ``shoal.shared``
+    segments the pickle references (None if none).
+
+    The sender keeps **this Payload** alive until the receiver has called
+    :func:`loads` (keeping only ``.segments`` is not enough when
+    ``keepalive`` is set: an array the user dropped after submitting would
+    vanish before the worker attaches it). Dropping the Payload returns a big
+    segment to the recycler (see ``_Arena``).
     """
 
     __slots__ = ("data", "segments", "nbytes_out_of_band", "keepalive", "__weakref__")
