@@ -417,3 +417,31 @@ def test_pool_unpicklable_argument_is_named_and_pool_goes_on():
         with pytest.raises(shoal.SerializationError, match=r"_thread.lock.*\['lock'\]"):
             fut.get(timeout=60)
         assert pool.apply(echo, (5,)) == 5
+
+
+def _sleep_then(seconds, value):
+    import time as _time
+
+    _time.sleep(seconds)
+    return value
+
+
+def _first(a):
+    return float(a[0])
+
+
+@needs_pool
+@pytest.mark.timeout(120)
+@pytest.mark.xfail(strict=False, reason=(
+    "engine keeps a task's Payload only if payload.segments is non-empty "
+    "(_backend_processes.py: `task.keep = payload if payload.segments else None`); "
+    "it must also keep it when payload.keepalive is set (shoal.shared references)"))
+def test_pool_keeps_a_submitted_shared_array_alive_until_the_worker_has_it():
+    with shoal.Pool(1) as pool:
+        busy = pool.apply_async(_sleep_then, (1.0, 0))  # the only worker is busy
+        a = shared.full(10, 7.0)
+        fut = pool.apply_async(_first, (a,))
+        del a  # the user lets go before the worker has attached the array
+        gc.collect()
+        assert busy.get(timeout=60) == 0
+        assert fut.get(timeout=60) == 7.0
