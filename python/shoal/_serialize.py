@@ -116,9 +116,14 @@ class Payload:
     def release_names(self) -> None:
         """Hand the duty to unlink the out-of-band segments to the receiver,
         which must then call ``loads(data, adopt=True)``. For a sender that
-        cannot know when the receiver has loaded (a worker returning a result)."""
+        cannot know when the receiver has loaded (a worker returning a result).
+        ``shoal.shared`` arrays this process created and the payload
+        references are handed over too: a task may create one and return it."""
         for seg in self.segments:
             seg.release_name()
+        for shared_seg in self.keepalive or ():
+            if shared_seg.seg.owns_name:
+                shared_seg.seg.release_name()
 
     def __repr__(self) -> str:
         return (f"Payload({len(self.data)} bytes inline, {len(self.segments)} segment(s), "
@@ -552,6 +557,20 @@ def loads(data: Any, *, adopt: bool = False) -> Any:
     takes over the segment's name and unlinks it right after mapping (the
     sender called ``Payload.release_names()``).
     """
+    if adopt and _tracker is None and (data[0] == _OOB_MARKER or b"shoal.shared" in data):
+        # The result may hold a shoal.shared array handed over by its creator:
+        # the module must be loaded to adopt it (it registers _tracker).
+        from . import shared  # noqa: F401
+    if adopt and _tracker is not None:
+        _tracker.adopting += 1
+        try:
+            return _loads(data, True)
+        finally:
+            _tracker.adopting -= 1
+    return _loads(data, adopt)
+
+
+def _loads(data: Any, adopt: bool) -> Any:
     if data[0] != _OOB_MARKER:
         return _pickle_loads(data)
     mv = memoryview(data)

@@ -79,6 +79,9 @@ class _Tracker(threading.local):
 
     def __init__(self) -> None:
         self.stack: list = []
+        # > 0 while loads(..., adopt=True) runs: references to segments that
+        # the sender handed over (Payload.release_names) are adopted.
+        self.adopting = 0
 
 
 _TRACKER = _Tracker()
@@ -219,25 +222,34 @@ def _plain_if_private(result: Any) -> Any:
     return result
 
 
-def _segment_for(name: str) -> _Segment:
+def _segment_for(name: str, adopt: bool = False) -> _Segment:
     seg = _CREATED.get(name)
     if seg is not None:
         return seg
     seg = _ATTACHED.get(name)
-    if seg is not None:
+    if seg is not None and not adopt:
         return seg
     with _LOCK:
         seg = _ATTACHED.get(name)
-        if seg is not None:
+        if seg is not None and not adopt:
             return seg
-        _prune_locked()
-        try:
-            seg = _Segment(_core.SharedSegment.attach(name))
-        except OSError as exc:
-            raise SegmentGone(
-                f"shoal.shared: segment {name} is gone (the process that created the "
-                "array dropped it or exited before this process attached it)") from exc
-        _ATTACHED[name] = seg
+        if seg is None:
+            _prune_locked()
+            try:
+                seg = _Segment(_core.SharedSegment.attach(name))
+            except OSError as exc:
+                raise SegmentGone(
+                    f"shoal.shared: segment {name} is gone (the process that created the "
+                    "array dropped it or exited before this process attached it)") from exc
+        if adopt:
+            # A task created this array and returned it: its worker handed the
+            # name over, so this process now owns it like one it created
+            # (unlinked when its last array here is collected).
+            _ATTACHED.pop(name, None)
+            seg.seg.adopt_name()
+            _CREATED[name] = seg
+        else:
+            _ATTACHED[name] = seg
         return seg
 
 
@@ -266,7 +278,7 @@ def trim_mappings() -> int:
 
 def _rebuild(name: str, offset: int, shape: tuple, strides: tuple, dtype: np.dtype,
              writeable: bool) -> SharedArray:
-    seg = _segment_for(name)
+    seg = _segment_for(name, _TRACKER.adopting > 0)
     arr = np.ndarray.__new__(SharedArray, shape, dtype, buffer=seg.buf, offset=offset,
                              strides=strides)
     arr._shoal_seg = seg

@@ -445,3 +445,45 @@ def test_pool_keeps_a_submitted_shared_array_alive_until_the_worker_has_it():
         gc.collect()
         assert busy.get(timeout=60) == 0
         assert fut.get(timeout=60) == 7.0
+
+
+def _make_shared(n, value):
+    a = shared.full(n, value)
+    return a[1:]  # a view: its segment travels with it
+
+
+@needs_pool
+@pytest.mark.timeout(120)
+def test_pool_task_creates_and_returns_a_shared_array():
+    with shoal.Pool(2) as pool:
+        r = pool.apply(_make_shared, (1000, 4.0))
+        assert type(r) is shared.SharedArray and r.shape == (999,) and (r == 4.0).all()
+        name = r.segment_name
+        assert exists(name)  # handed over: the worker's exit does not remove it
+        r[:] = 5.0
+        # the driver now owns it: passing it to another task is by reference
+        assert pool.apply(_first, (r,)) == 5.0
+        many = pool.starmap(_make_shared, [(10, float(i)) for i in range(20)])
+        assert [float(x[0]) for x in many] == [float(i) for i in range(20)]
+    del r
+    gc.collect()
+    assert not exists(name)  # unlinked with the driver's last array
+    names = [m.segment_name for m in many]
+    del many
+    gc.collect()
+    assert not any(exists(n) for n in names)
+
+
+def test_release_and_adopt_hand_over_ownership_in_process():
+    a = shared.zeros(10)
+    name = a.segment_name
+    p = S.dumps(a[2:4])
+    assert p.keepalive and p.keepalive[0].name == name
+    p.release_names()
+    assert not a._shoal_seg.seg.owns_name
+    # same process: resolves to its own mapping, and owning stays with nobody
+    # else; clean up by hand
+    a._shoal_seg.seg.adopt_name()
+    del a, p
+    gc.collect()
+    assert not exists(name)
