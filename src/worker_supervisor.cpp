@@ -271,9 +271,17 @@ struct linux_dirent64 {
   char d_name[1];
 };
 
-void on_parent_death(int sig) {
+// PR_SET_PDEATHSIG fires when the parent THREAD (the supervisor thread) exits.
+// While the driver dies its threads exit one by one, so the signal may come
+// while getppid() still names the dying driver: the signal's sender (si_pid,
+// the exiting thread's process) tells it apart from a SIGTERM sent by anyone
+// else. The driver itself never sends SIGTERM to a worker (it uses the
+// channel, or SIGKILL), and its supervisor thread only ends after reaping
+// every worker, so either case means the driver is gone.
+void on_parent_death(int sig, siginfo_t* info, void*) {
   int saved = errno;
-  if (getppid() != g_driver_pid) {
+  const bool from_driver = info != nullptr && info->si_pid == g_driver_pid;
+  if (from_driver || getppid() != g_driver_pid) {
     sweep_segments_of(g_driver_pid);
     sweep_segments_of(getpid());
   }
@@ -308,13 +316,13 @@ int sweep_segments_of(pid_t pid) noexcept {
 void guard_worker(pid_t driver_pid) {
   g_driver_pid = driver_pid;
   struct sigaction sa {};
-  sa.sa_handler = on_parent_death;
+  sa.sa_sigaction = on_parent_death;
   sigemptyset(&sa.sa_mask);
-  sa.sa_flags = SA_RESETHAND;
+  sa.sa_flags = SA_RESETHAND | SA_SIGINFO;
   if (sigaction(SIGTERM, &sa, nullptr) != 0) throw_errno("sigaction(SIGTERM) in worker");
   if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0) throw_errno("prctl(PR_SET_PDEATHSIG)");
   // The driver may have died before prctl: then no signal will ever come.
-  if (getppid() != driver_pid) on_parent_death(SIGTERM);
+  if (getppid() != driver_pid) on_parent_death(SIGTERM, nullptr, nullptr);
 }
 
 }  // namespace shoal

@@ -43,10 +43,11 @@ import signal as _signal
 import sys
 import threading
 import time
+import types
 import weakref
 from collections import OrderedDict, deque
 from concurrent.futures import CancelledError, Future, InvalidStateError
-from concurrent.futures._base import RUNNING as _RUNNING
+from concurrent.futures._base import PENDING as _F_PENDING, RUNNING as _RUNNING
 from typing import Any, Callable, Iterable, Iterator
 
 from . import _serialize
@@ -132,7 +133,7 @@ class ProcessFuture(Future):
 
     def __init__(self, engine: "_Engine") -> None:  # noqa: D107 - see class doc
         self._condition = engine.future_cond
-        self._state = _RUNNING  # dispatched at once; cancel() of a queued task: see cancel_running
+        self._state = _F_PENDING  # RUNNING once its frame is on a worker's ring
         self._result = None
         self._exception = None
         self._waiters = []
@@ -199,17 +200,20 @@ class _Engine:
         self.future_cond = threading.Condition()  # shared by every ProcessFuture
         self.waiters = 0
         self.last_waiter = 0.0
+        self.dead_pids: list[int] = []
         self.ids = itertools.count(1)
         self.tasks: dict[int, _Task] = {}
         self.timed: set[int] = set()
         self.backlog: deque[_Task] = deque()
         self.fns: OrderedDict[int, tuple] = OrderedDict()  # id(fn) -> (fn, fn_id, data, keep)
         self.fn_data: dict[int, bytes] = {}                # fn_id -> data (for resends)
+        self.fn_keep: list = []                            # segments of huge FunctionDefs
         self.slots = [_Slot(i, max_tasks_per_worker) for i in range(workers)]
         self.closing = False      # no new tasks
         self.stopped = False      # workers are gone
         self.broken: BaseException | None = None
         self.init_data = None
+        self.init_payload = None
         if initializer is not None:
             self.init_payload = _serialize.dumps((initializer, tuple(initargs)))
             self.init_data = bytes(self.init_payload.data)
@@ -260,19 +264,42 @@ class _Engine:
         return [s.pid for s in self.slots if s.pid]
 
     # ------------------------------------------------------------ submitting
-    def _fn_id(self, fn: Callable) -> int:
-        key = id(fn)
+    def _fn_id(self, fn: Callable, chunked: bool = False) -> int:
+        """The id under which workers know fn (pickled once per pool, sent once
+        per worker). chunked: the function of map chunks, partial(run_chunk, fn).
+        Bound methods are keyed by (object, function): a new bound-method
+        object per attribute access must not mean a new pickle per task."""
+        if isinstance(fn, types.MethodType):
+            key = (id(fn.__self__), id(fn.__func__), chunked)
+            ident = (fn.__self__, fn.__func__)
+        else:
+            key = (id(fn), chunked)
+            ident = fn
         entry = self.fns.get(key)
-        if entry is not None and entry[0] is fn:
+        if entry is not None and (entry[0] is ident or (
+                type(ident) is tuple and type(entry[0]) is tuple
+                and entry[0][0] is ident[0] and entry[0][1] is ident[1])):
             self.fns.move_to_end(key)
             return entry[1]
-        payload = _serialize.dumps(fn)  # may raise SerializationError: nothing changed yet
+        if chunked:
+            from ._mapping import run_chunk
+
+            obj = functools.partial(run_chunk, fn)
+        else:
+            obj = fn
+        payload = _serialize.dumps(obj)  # may raise SerializationError: nothing changed yet
         fn_id = next(self.ids)
-        self.fns[key] = (fn, fn_id, payload)
+        self.fns[key] = (ident, fn_id, payload)
         self.fn_data[fn_id] = bytes(payload.data)
         if len(self.fns) > _FN_CACHE_SIZE:
             _, (_, old_id, _) = self.fns.popitem(last=False)
             self.fn_data.pop(old_id, None)
+            # Workers forget it too (best effort: a full ring just keeps it).
+            forget = _serialize.dumps({"forget": [old_id]}).data
+            for s in self.slots:
+                if old_id in s.sent_fns:
+                    s.sent_fns.discard(old_id)
+                    self.chan.push_task(s.index, 0, CONTROL, 0, forget)
         return fn_id
 
     def _check_open(self) -> None:
@@ -305,19 +332,32 @@ class _Engine:
                 task.timeout_ns = int(timeout * 1e9)
                 self.timed.add(tid)
             self.tasks[tid] = task
-            if self.backlog or not self._place([task]):
+            # Fast path (every task after the first of a function): one frame
+            # to the least-loaded worker that already has the function.
+            s = self._pick_slot()
+            if (s is not None and not self.backlog and fn_id in s.sent_fns
+                    and len(task.data) <= self.limit
+                    and (s.budget is None or s.budget > 0)
+                    and self.chan.push_task(s.index, tid, CALL, 0, task.data)):
+                fut._state = _RUNNING  # nobody else holds fut yet: no lock needed
+                task.slot = s.index
+                s.tasks[tid] = task
+                if s.budget is not None:
+                    s.budget -= 1
+            elif self.backlog or not self._place([task]):
                 self.backlog.append(task)
             if self.timed:
                 self.chan.ring_doorbell()  # the collector recomputes its wake-up time
         return fut
 
     def _pick_slot(self) -> _Slot | None:
+        """The worker with the fewest outstanding tasks (and budget left)."""
         best = None
+        least = 1 << 62
         for s in self.slots:
-            if s.budget is not None and s.budget <= 0:
-                continue
-            if best is None or len(s.tasks) < len(best.tasks):
-                best = s
+            n = len(s.tasks)
+            if n < least and (s.budget is None or s.budget > 0):
+                best, least = s, n
         return best
 
     def _frames_for(self, s: _Slot, tasks: list[_Task]) -> tuple[list, list]:
@@ -329,12 +369,14 @@ class _Engine:
         if fn_id not in s.sent_fns:
             data = self.fn_data[fn_id]
             flags = 0
-            keep = None
             if len(data) > self.limit:
-                data, keep = self._indirect(data)
+                # Huge closures: the segment lives as long as the pool (its
+                # name is unlinked when the pool closes).
+                data, seg = self._indirect(data)
+                self.fn_keep.append(seg)
                 flags = INDIRECT
             frames.append((fn_id, FUNCTION_DEF, flags, data))
-            owners.append(keep)
+            owners.append(None)
         if tasks[0].data is not None:
             for t in tasks:
                 data, flags = t.data, 0
@@ -388,6 +430,8 @@ class _Engine:
             for t in pushed_tasks:
                 t.slot = s.index
                 s.tasks[t.id] = t
+                if t.future is not None and t.future._state == _F_PENDING:
+                    t.future.set_running_or_notify_cancel()
             if s.budget is not None:
                 s.budget -= len(pushed_tasks)
             rest = [t for o in owners[n:] if isinstance(o, list) for t in o]
@@ -400,6 +444,9 @@ class _Engine:
         for t in tasks:
             t.slot = idx
             st[t.id] = t
+            if t.future is not None and t.future._state == _F_PENDING:
+                # False if cancelled meanwhile: it runs, nobody gets the result.
+                t.future.set_running_or_notify_cancel()
         if s.budget is not None:
             s.budget -= len(tasks)
         return True
@@ -426,8 +473,11 @@ class _Engine:
         backlog = self.backlog
         while backlog:
             first = backlog[0]
-            if first.id not in self.tasks:  # completed/cancelled meanwhile
-                backlog.popleft()
+            if first.id not in self.tasks or (first.future is not None
+                                              and first.future.cancelled()):
+                backlog.popleft()  # completed or cancelled meanwhile
+                self.tasks.pop(first.id, None)
+                self.timed.discard(first.id)
                 continue
             group = [backlog.popleft()]
             limit = 64 if first.data is None else 1
@@ -445,7 +495,9 @@ class _Engine:
 
     # ------------------------------------------------------------ map
     def map(self, fn: Callable, iterable: Iterable, chunksize: int | None, ordered: bool,
-            timeout: float | None) -> Iterator[Any]:
+            timeout: float | None, *, chunks: bool = False) -> Iterator[Any]:
+        """Iterator over fn(x) for x in iterable; with chunks=True over lists
+        of results (one per task: saves a generator step per item)."""
         from ._mapping import auto_chunksize, chunked, run_chunk
 
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -461,8 +513,12 @@ class _Engine:
             task_fn, units = fn, iter(iterable)
             n_units = n
         else:
-            task_fn = functools.partial(run_chunk, fn)
-            units = chunked(iterable, chunksize)
+            task_fn = fn
+            if isinstance(iterable, (range, list, tuple)):
+                # Slices: a range chunk pickles as three integers.
+                units = (iterable[i: i + chunksize] for i in range(0, n, chunksize))
+            else:
+                units = chunked(iterable, chunksize)
             n_units = None if n is None else -(-n // chunksize)
         # Tasks per Batch frame: enough to amortize a frame, few enough to balance.
         if n_units is None:
@@ -474,9 +530,9 @@ class _Engine:
         name = _describe_fn(fn)
         with self.lock:
             self._check_open()
-            fn_id = self._fn_id(task_fn)
+            fn_id = self._fn_id(task_fn, chunked=chunksize > 1)
         return self._map_iter(job, fn_id, name, units, per_frame, window, deadline,
-                              chunksize > 1)
+                              chunksize > 1, chunks)
 
     def _map_submit(self, job: _MapJob, fn_id: int, name: str, items: list) -> None:
         results = job.results
@@ -501,7 +557,8 @@ class _Engine:
                 self.backlog.extend(tasks)
 
     def _map_iter(self, job: _MapJob, fn_id: int, name: str, units: Iterator, per_frame: int,
-                  window: int, deadline: float | None, flatten: bool) -> Iterator[Any]:
+                  window: int, deadline: float | None, flatten: bool,
+                  chunks: bool = False) -> Iterator[Any]:
         results = job.results
         nxt = 0            # next index to yield (ordered)
         yielded = 0
@@ -541,7 +598,9 @@ class _Engine:
                         raise r.exc
                     if not exhausted and len(results) - yielded < window // 2:
                         refill()
-                    if flatten:
+                    if chunks:
+                        yield r if flatten else (r,)
+                    elif flatten:
                         yield from r
                     else:
                         yield r
@@ -623,7 +682,9 @@ class _Engine:
                                 cause=exc, done=done)
                 self._finish(done)
                 return
-            if self.closing and not self.tasks and not self.stopped:
+            if self.stopped:
+                return
+            if self.closing and not self.tasks:
                 self.close(1.0)
                 return
             if found:
@@ -639,6 +700,7 @@ class _Engine:
         """One collection pass: deaths, results, time limits, backlog.
         Returns the number of frames collected."""
         done: list = []
+        fast: list = []
         with self.lock:
             if self.stopped:
                 return 0
@@ -647,25 +709,50 @@ class _Engine:
             if frames:
                 tasks = self.tasks
                 slots = self.slots
-                for slot, tid, kind, flags, data in frames:
+                for frame in frames:
+                    slot, tid, kind, flags, data = frame
                     if tid == 0:
                         self._control(slots[slot], kind, data, done)
                         continue
                     task = tasks.pop(tid, None)
                     if task is None:
                         continue  # cancelled or abandoned meanwhile
-                    slots[slot].tasks.pop(tid, None)
-                    done.append((task, kind, flags, data))
+                    del slots[slot].tasks[tid]
+                    if task.job is not None and kind == RESULT and not flags:
+                        fast.append((task, data))  # the common case of map, see below
+                    else:
+                        done.append((task, kind, flags, data))
             for slot, pid, code, sig in exits:
                 self._on_death(slot, pid, code, sig, done)
             if self.timed:
                 self._check_time_limits()
             if self.backlog:
                 self._flush_backlog()
+        if fast:
+            loads = _serialize.loads
+            for task, data in fast:
+                job = task.job
+                try:
+                    value = loads(data, adopt=True)
+                except BaseException as exc:  # noqa: BLE001
+                    value = _Failed(SerializationError(
+                        f"the result of task {task.id} ({task.name}) could not be loaded: "
+                        f"{type(exc).__name__}: {exc}"))
+                if not job.cancelled:
+                    job.results[task.index] = value
+                    if not job.ordered:
+                        job.done.append(task.index)
         if done:
             self._finish(done)
-            if self.waiters:
-                self.chan.ring_doorbell()
+        if self.dead_pids:
+            # Segments a dead worker created and no frame refers to any more
+            # (it died between creating and sending): its results are loaded.
+            with self.lock:
+                dead, self.dead_pids = self.dead_pids, []
+            for pid in dead:
+                self.core.sweep_segments_of(pid)
+        if (done or fast) and self.waiters:
+            self.chan.ring_doorbell()
         return len(frames) + len(exits)
 
     def _control(self, s: _Slot, kind: int, data: bytes, done: list) -> None:
@@ -684,6 +771,7 @@ class _Engine:
     def _finish(self, done: list) -> None:
         loads = _serialize.loads
         for task, kind, flags, data in done:
+            task.keep = None  # the worker has loaded its arguments: free their segments
             if task.timeout_ns:
                 self.timed.discard(task.id)
             if kind == RESULT:
@@ -745,6 +833,7 @@ class _Engine:
         s = self.slots[slot]
         if s.pid != pid:
             return
+        self.dead_pids.append(pid)
         # Results it pushed before dying were drained in this pass already.
         for slot_, tid, kind, flags, data in self.chan.drain_slot(slot):
             task = self.tasks.pop(tid, None)
@@ -910,7 +999,9 @@ class _Engine:
         with self.lock:
             self.fns.clear()
             self.fn_data.clear()
+            self.fn_keep.clear()
             self.init_data = None
+            self.init_payload = None
             for task in self.tasks.values():
                 task.keep = None
 
@@ -958,6 +1049,17 @@ class ProcessBackend(Backend):
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
         return self._engine.map(fn, iterable, chunksize, ordered, timeout)
+
+    def map_list(self, fn: Callable, iterable: Iterable, *,
+                 chunksize: int | None = None) -> list:
+        """``list(map(...))`` without a generator step per item."""
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        out: list = []
+        extend = out.extend
+        for part in self._engine.map(fn, iterable, chunksize, True, None, chunks=True):
+            extend(part)
+        return out
 
     def cancel_running(self, future: Future) -> bool:
         return self._engine.cancel_running(future)

@@ -69,6 +69,7 @@ class Worker:
         self.limit = self.chan.max_payload // 2
         self.fns: dict[int, object] = {}
         self.done = 0
+        self.dumps = _serialize.dumps
 
     # ---------------------------------------------------------------- sending
     def send(self, task_id: int, kind: int, data: bytes) -> None:
@@ -77,16 +78,6 @@ class Worker:
             data = _write_indirect(data)
             flags = INDIRECT
         self.chan.push_result(self.slot, task_id, kind, flags, data)
-
-    def send_value(self, task_id: int, value: object) -> None:
-        try:
-            payload = self.serialize.dumps(value)
-        except BaseException as exc:  # noqa: BLE001 - reported to the caller
-            self.send_failure(task_id, exc, f"the result of task {task_id} could not be sent")
-            return
-        self.send(task_id, RESULT, bytes(payload.data))
-        # The driver loads results with adopt=True: it unlinks the segments.
-        payload.release_names()
 
     def send_failure(self, task_id: int, exc: BaseException, context: str | None = None) -> None:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
@@ -102,6 +93,7 @@ class Worker:
 
     # ---------------------------------------------------------------- running
     def run_one(self, task_id: int, fn, args, kwargs) -> None:
+        # The hot path of every task: keep it free of avoidable calls.
         chan, slot = self.chan, self.slot
         chan.set_current(slot, task_id)
         try:
@@ -112,7 +104,23 @@ class Worker:
             self.done += 1
             return
         # Still "current" while the result is serialized: a crash there is this task's.
-        self.send_value(task_id, value)
+        try:
+            payload = self.dumps(value)
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller
+            chan.set_current(slot, 0)
+            self.send_failure(task_id, exc, f"the result of task {task_id} could not be sent")
+            self.done += 1
+            return
+        data = payload.data
+        if type(data) is not bytes:
+            data = bytes(data)
+        if len(data) > self.limit:
+            self.send(task_id, RESULT, data)
+        else:
+            chan.push_result(slot, task_id, RESULT, 0, data)
+        if payload.segments:
+            # The driver loads results with adopt=True: it unlinks the segments.
+            payload.release_names()
         chan.set_current(slot, 0)
         self.done += 1
 
@@ -151,6 +159,10 @@ class Worker:
             self.control(self.serialize.loads(data))
 
     def control(self, msg: dict) -> None:
+        if "forget" in msg:
+            for fn_id in msg["forget"]:
+                self.fns.pop(fn_id, None)
+            return
         if "sys_path" in msg:
             sys.path[:] = msg["sys_path"]
         if msg.get("init") is not None:
@@ -194,9 +206,10 @@ class _Unloadable:
 
 def _cap_native_threads() -> None:
     # The env (OMP_NUM_THREADS, ...) caps libraries loaded later; threadpoolctl
-    # caps the ones the initializer already loaded.
+    # caps the ones the initializer already loaded (importing it costs 20 ms of
+    # worker start, so only when a BLAS/OpenMP user is there).
     n = os.environ.get("SHOAL_NUM_THREADS")
-    if not n:
+    if not n or not any(m in sys.modules for m in ("numpy", "scipy", "torch", "sklearn")):
         return
     try:
         from threadpoolctl import threadpool_limits

@@ -164,6 +164,10 @@ class Pool:
             progress: bool = False) -> list:
         """``[fn(x) for x in iterable]`` in parallel. With ``chunksize=1`` every
         item is its own task (own error, own retry)."""
+        map_list = getattr(self._backend, "map_list", None)
+        if map_list is not None and not progress:
+            self._check_running()
+            return map_list(fn, iterable, chunksize=chunksize)
         return list(self.imap(fn, iterable, chunksize, progress=progress))
 
     def starmap(self, fn: Callable, iterable: Iterable[Iterable], chunksize: int | None = None,

@@ -90,6 +90,18 @@ static void bind(nb::module_& m) {
           "until one does not fit; wakes the worker once. Returns the index of the first frame "
           "not pushed.")
       .def(
+          "push_task",
+          [](PoolChannel& c, std::size_t slot, std::uint64_t task_id, std::uint32_t kind,
+             std::uint32_t flags, nb::bytes data) {
+            TaskRing ring = c.task_ring(slot);
+            if (!ring.try_push(task_id, to_kind(kind), flags, data.c_str(), data.size()))
+              return false;
+            ring.notify_consumer();
+            return true;
+          },
+          nb::arg("slot"), nb::arg("task_id"), nb::arg("kind"), nb::arg("flags"), nb::arg("data"),
+          "Pushes one frame if it fits now and wakes the worker if it sleeps.")
+      .def(
           "drain_results",
           [](PoolChannel& c, std::size_t max_frames) {
             nb::list out;

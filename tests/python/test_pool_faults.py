@@ -1,0 +1,321 @@
+"""Fault handling of the process backend, with real processes: workers that
+die (SIGKILL, os._exit, segfault), retries, bad pickles, time limits,
+cancellation, and drivers that end in every way (Ctrl-C, terminate, gc,
+interpreter exit, SIGKILL) without leaving a worker or a segment behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from concurrent.futures import CancelledError
+
+import pytest
+
+import shoal
+from pool_helpers import (
+    add,
+    announce_and_sleep,
+    crash_once,
+    exit_hard,
+    get_state,
+    getenv,
+    initializer_fails,
+    pid_of_worker,
+    raise_value_error,
+    return_unpicklable,
+    segfault,
+    set_state,
+    shm_segments_of,
+    sleep_return,
+    square,
+    wait_for_pid,
+    wait_gone,
+)
+
+pytestmark = pytest.mark.timeout(120)
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture
+def pool():
+    p = shoal.Pool(2)
+    yield p
+    p.terminate()
+
+
+def _pids(pool):
+    return pool.backend.pids
+
+
+def test_sigkill_mid_task_fails_that_task_fast_and_others_complete(pool, tmp_path):
+    path = str(tmp_path / "pid")
+    victim = pool.apply_async(announce_and_sleep, (path, 30))
+    others = [pool.apply_async(square, (i,)) for i in range(50)]
+    pid = wait_for_pid(path)
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(shoal.WorkerLost) as info:
+        victim.get(timeout=10)
+    assert time.monotonic() - t0 < 1.0
+    assert "SIGKILL" in str(info.value) and str(pid) in str(info.value)
+    assert info.value.signal == signal.SIGKILL
+    assert [r.get(timeout=30) for r in others] == [i * i for i in range(50)]
+    # the pool replaced the worker and still runs tasks on 2 workers
+    assert pid not in _pids(pool) and len(_pids(pool)) == 2
+    assert pool.map(square, range(100)) == [i * i for i in range(100)]
+
+
+def test_os_exit_reports_exit_code(pool):
+    with pytest.raises(shoal.WorkerLost) as info:
+        pool.apply(exit_hard, (3,))
+    assert info.value.exitcode == 3 and "exited with code 3" in str(info.value)
+    assert pool.apply(add, (1, 2)) == 3
+
+
+def test_segfault_in_c_code(pool):
+    with pytest.raises(shoal.WorkerLost) as info:
+        pool.apply(segfault)
+    assert info.value.signal == signal.SIGSEGV and "SIGSEGV" in str(info.value)
+    assert pool.map(square, [1, 2, 3]) == [1, 4, 9]
+
+
+def test_worker_death_inside_map_fails_only_that_item():
+    with shoal.Pool(2) as pool:
+        it = pool.imap(square, range(1000), chunksize=1)
+        assert [next(it) for _ in range(10)] == [i * i for i in range(10)]
+        assert list(it) == [i * i for i in range(10, 1000)]
+        with pytest.raises(shoal.WorkerLost):
+            pool.map(exit_hard, [5], chunksize=1)
+
+
+def test_retries_rerun_a_task_whose_worker_died(tmp_path):
+    marker = str(tmp_path / "crashed")
+    with shoal.Pool(2, retries=1) as pool:
+        assert pool.apply(crash_once, (marker,)) == "second try"
+    with shoal.Pool(2, retries=2) as pool:
+        with pytest.raises(shoal.WorkerLost):
+            pool.apply(exit_hard, (9,))  # dies every time: 1 + 2 attempts, then fails
+
+
+def test_unpicklable_argument_names_the_object_and_pool_keeps_working(pool):
+    lock = threading.Lock()
+    with pytest.raises(shoal.SerializationError) as info:
+        pool.apply(square, (lock,))
+    assert "lock" in str(info.value).lower()
+    with pytest.raises(shoal.SerializationError):
+        pool.map(square, [1, lock, 3], chunksize=1)
+    assert pool.map(square, range(5)) == [0, 1, 4, 9, 16]
+
+
+def test_unpicklable_result_is_a_clear_error_and_pool_keeps_working(pool):
+    with pytest.raises(shoal.SerializationError) as info:
+        pool.apply(return_unpicklable)
+    assert "Unpicklable" in str(info.value) or "refuses" in str(info.value)
+    assert pool.apply(add, (2, 3)) == 5
+
+
+def test_task_timeout_kills_and_replaces_worker(pool):
+    before = set(_pids(pool))
+    t0 = time.monotonic()
+    r = pool.apply_async(sleep_return, (30,), timeout=0.5)
+    with pytest.raises(shoal.TaskTimeout):
+        r.get(timeout=20)
+    assert time.monotonic() - t0 < 10
+    assert isinstance(shoal.TaskTimeout("x"), TimeoutError)
+    assert pool.apply(add, (1, 1)) == 2
+    after = set(_pids(pool))
+    assert len(after) == 2 and len(before - after) == 1  # exactly one was replaced
+    # a task that finishes in time is unaffected
+    assert pool.apply(sleep_return, (0.01, "ok"), timeout=20) == "ok"
+
+
+def test_executor_timeout_leaves_kwargs_to_the_function():
+    with shoal.Executor(2) as ex:
+        fut = ex.submit_with(sleep_return, (30,), timeout=0.3)
+        with pytest.raises(shoal.TaskTimeout):
+            fut.result(timeout=20)
+        assert ex.submit(sleep_return, 0, value=5).result() == 5
+
+
+def test_cancel_running_task(tmp_path):
+    path = str(tmp_path / "pid")
+    with shoal.Executor(2) as ex:
+        fut = ex.submit(announce_and_sleep, path, 30)
+        pid = wait_for_pid(path)
+        assert fut.running()
+        assert ex.cancel_running(fut)
+        with pytest.raises(CancelledError):
+            fut.result(timeout=10)
+        assert wait_gone([pid]) == []
+        assert ex.submit(add, 1, 2).result() == 3
+
+
+def test_remote_exception_type_and_traceback(pool):
+    with pytest.raises(ValueError, match="boom") as info:
+        pool.apply(raise_value_error, ("boom",))
+    assert isinstance(info.value.__cause__, shoal.RemoteTraceback)
+    assert "raise_value_error" in str(info.value.__cause__)
+
+
+def test_initializer_and_max_tasks_per_worker():
+    with shoal.Pool(1, initializer=set_state, initargs=("k", 42)) as pool:
+        assert pool.apply(get_state, ("k",)) == 42
+    with shoal.Pool(1, max_tasks_per_worker=2) as pool:
+        pids = [pool.apply(pid_of_worker) for _ in range(6)]
+        assert pids[0] == pids[1] and pids[2] == pids[3] and pids[4] == pids[5]
+        assert len(set(pids)) == 3
+        assert pool.map(square, range(20), chunksize=1) == [i * i for i in range(20)]
+    with pytest.raises(shoal.BrokenPool, match="initializer"):
+        with shoal.Pool(1, initializer=initializer_fails) as pool:
+            pool.apply(add, (1, 2))
+
+
+def test_workers_ignore_sigint_and_cap_native_threads(pool):
+    env = pool.apply(getenv, ("OMP_NUM_THREADS",))
+    cpus = len(os.sched_getaffinity(0))
+    assert env == str(max(1, cpus // 2))
+    assert pool.apply(getenv, ("SHOAL_NUM_THREADS",)) == env
+    for pid in _pids(pool):
+        os.kill(pid, signal.SIGINT)
+    time.sleep(0.2)
+    assert pool.map(square, range(4), chunksize=1) == [0, 1, 4, 9]
+
+
+def test_bad_arguments_are_clear_errors():
+    with pytest.raises(ValueError):
+        shoal.Pool(0)
+    with pytest.raises(ValueError):
+        shoal.Pool(2, retries=-1)
+    with pytest.raises(ValueError, match="unknown backend"):
+        shoal.Pool(2, backend="nope")
+    with shoal.Pool(1) as pool:
+        with pytest.raises(TypeError):
+            pool.apply(42)
+        with pytest.raises(ValueError):
+            pool.map(square, [1], chunksize=0)
+    with pytest.raises(ValueError, match="not running"):
+        pool.apply(add, (1, 2))
+
+
+# ---------------------------------------------------------------- drivers
+
+DRIVER = textwrap.dedent("""
+    import os, sys, time, gc
+    sys.path.insert(0, {here!r})
+    import shoal
+    from pool_helpers import sleep_return
+    mode = {mode!r}
+    pool = shoal.Pool(2)
+    pool.map(abs, range(10))
+    big = b"x" * (4 << 20)   # travels through a shared-memory segment
+    results = [pool.apply_async(sleep_return, (60, big)) for _ in range(2)]
+    time.sleep(0.5)
+    print("PIDS", os.getpid(), *pool.backend.pids, flush=True)
+    if mode == "sigint":
+        results[0].get()          # Ctrl-C arrives while we wait
+    elif mode == "terminate":
+        pool.terminate()
+        print("TERMINATED", flush=True)
+        time.sleep(60)            # the test checks while we still live
+    elif mode == "gc":
+        del pool, results
+        gc.collect()
+        print("COLLECTED", flush=True)
+        time.sleep(60)
+    elif mode == "exit":
+        sys.exit(0)               # no close(), no terminate()
+    elif mode == "sigkill":
+        time.sleep(60)
+""")
+
+
+def _start_driver(mode, tmp_path):
+    script = tmp_path / f"driver_{mode}.py"
+    script.write_text(DRIVER.format(here=HERE, mode=mode))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    assert line.startswith("PIDS"), line + proc.stderr.read()
+    pids = [int(x) for x in line.split()[1:]]
+    driver, workers = pids[0], pids[1:]
+    assert len(workers) == 2
+    assert shm_segments_of([driver]), "the test needs a segment in flight"
+    return proc, driver, workers
+
+
+def _assert_clean(driver, workers):
+    assert wait_gone(workers) == [], "worker processes survived their pool"
+    deadline = time.monotonic() + 10
+    while shm_segments_of([driver] + workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert shm_segments_of([driver] + workers) == []
+
+
+@pytest.mark.parametrize("mode", ["sigint", "exit", "sigkill"])
+def test_driver_end_leaves_no_worker_and_no_segment(mode, tmp_path):
+    proc, driver, workers = _start_driver(mode, tmp_path)
+    if mode == "sigint":
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    elif mode == "exit":
+        proc.communicate(timeout=30)
+        assert proc.returncode == 0
+    else:
+        proc.kill()
+        proc.communicate(timeout=30)
+    _assert_clean(driver, workers)
+
+
+@pytest.mark.parametrize("mode", ["terminate", "gc"])
+def test_terminate_and_gc_release_everything_while_driver_lives(mode, tmp_path):
+    proc, driver, workers = _start_driver(mode, tmp_path)
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() in ("TERMINATED", "COLLECTED"), line + proc.stderr.read()
+        assert proc.poll() is None
+        _assert_clean(driver, workers)
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_full_rings_spill_to_a_backlog_that_keeps_order_and_can_be_cancelled():
+    from shoal import _backend
+
+    b = _backend.create("processes", 1, ring_bytes=4096)  # a few frames fill it
+    try:
+        blocker = b.submit(sleep_return, (0.5, "first"))
+        futs = [b.submit(sleep_return, (0, i)) for i in range(300)]
+        assert not all(f.running() for f in futs)  # some are queued in the driver
+        victim = futs[-1]
+        assert victim.cancel() and victim.cancelled()
+        assert blocker.result(timeout=30) == "first"
+        assert [f.result(timeout=30) for f in futs[:-1]] == list(range(299))
+        # results larger than the ring travel through a segment
+        big = b.submit(sleep_return, (0, b"y" * 100_000)).result(timeout=30)
+        assert big == b"y" * 100_000
+        assert list(b.map(square, range(2000), chunksize=1)) == [i * i for i in range(2000)]
+    finally:
+        b.terminate()
+
+
+def test_many_distinct_functions_and_bound_methods(pool):
+    fns = [lambda x, k=k: x + k for k in range(300)]  # more than the function cache holds
+    assert [pool.apply(f, (1,)) for f in fns] == [1 + k for k in range(300)]
+
+    class Acc:
+        def __init__(self):
+            self.base = 5
+
+        def plus(self, x):
+            return self.base + x
+
+    acc = Acc()
+    assert [pool.apply(acc.plus, (i,)) for i in range(50)] == [5 + i for i in range(50)]
+    assert len(pool.backend._engine.fns) <= 256
