@@ -38,6 +38,22 @@ def ex(backend):
     e.terminate()
 
 
+LAZY_MAP = ("shoal.Executor.map (python/shoal/pool.py) returns the backend's map generator, "
+            "which submits nothing until the first next(); concurrent.futures submits every "
+            "item when map() is called, so `with Executor() as ex: ex.map(f, items)` for side "
+            "effects runs nothing")
+QUEUED_IS_RUNNING = ("processes engine: _Engine.submit/_place mark a Future RUNNING as soon as "
+                     "its frame is pushed onto a worker's ring, not when the worker starts it, "
+                     "so every queued task is uncancellable: Future.cancel() returns False and "
+                     "shutdown(cancel_futures=True) cancels nothing")
+
+
+def xfail_for(request, backends, reason):
+    """Marks this run of a backend-parametrized test as a known (strict) failure."""
+    if request.getfixturevalue("backend") in backends:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+
+
 def _started(path, timeout=30.0):
     h.wait_file(str(path) + ".started", timeout)
 
@@ -135,7 +151,8 @@ def _id_or_raise(x):
     return x
 
 
-def test_map_submits_eagerly_so_unconsumed_work_still_runs(backend, tmp_path):
+def test_map_submits_eagerly_so_unconsumed_work_still_runs(backend, tmp_path, request):
+    xfail_for(request, {"processes", "threads"}, LAZY_MAP)
     # concurrent.futures submits every item when map() is called: code that
     # calls ex.map(f, items) for side effects and never iterates relies on it.
     paths = [str(tmp_path / f"f{i}") for i in range(6)]
@@ -159,7 +176,8 @@ def test_shutdown_without_wait_lets_running_work_finish(backend, tmp_path):
         e.terminate()
 
 
-def test_shutdown_cancel_futures_cancels_pending_and_finishes_running(backend, tmp_path):
+def test_shutdown_cancel_futures_cancels_pending_and_finishes_running(backend, tmp_path, request):
+    xfail_for(request, {"processes"}, QUEUED_IS_RUNNING)
     g = str(tmp_path / "g")
     e = shoal.Executor(1, backend=backend)
     try:
@@ -321,7 +339,8 @@ def test_cancel_a_running_future_returns_false(ex, tmp_path):
     assert fut.result(timeout=60) == "ran"
 
 
-def test_cancel_a_pending_future_returns_true(backend, tmp_path):
+def test_cancel_a_pending_future_returns_true(backend, tmp_path, request):
+    xfail_for(request, {"processes"}, QUEUED_IS_RUNNING)
     g = str(tmp_path / "g")
     e = shoal.Executor(1, backend=backend)
     try:

@@ -62,8 +62,11 @@ def _run(cmd, timeout=120):
 
 
 # ------------------------------------------------------------------ /dev/shm full
+# The driver runs in its own mount namespace with a 16 MiB tmpfs on /dev/shm
+# (a real full /dev/shm: posix_fallocate/ftruncate fail with ENOSPC), so
+# whatever it leaves there is visible to it alone ("LEFT").
 SHM_FULL = """
-    import os, glob
+    import os
     import numpy as np
     import shoal
     import conformance_helpers as h
@@ -75,63 +78,123 @@ SHM_FULL = """
         except BaseException as e:
             print(tag, "ERR", type(e).__name__, str(e)[:200].replace("\\n", " "), flush=True)
 
-    print("SHM", os.statvfs("/dev/shm").f_blocks * os.statvfs("/dev/shm").f_frsize, flush=True)
-    with shoal.Pool(2) as pool:
-        big = np.ones(64 << 20, dtype=np.uint8)          # 64 MiB > the 16 MiB /dev/shm
-        report("ARG", lambda: pool.apply(h.length_and_sum, (bytes(big),)))
-        report("RESULT", lambda: pool.apply(h.big_bytes, (64 << 20,)))
-        report("SHARED", lambda: shoal.shared.array((64 << 20,), dtype=np.uint8))
-        print("AFTER", pool.map(h.square, range(10)), flush=True)
-        report("ARG2", lambda: pool.apply(h.length_and_sum, (bytes(big),)))
-        print("AFTER2", pool.map(h.square, range(10)), flush=True)
+    st = os.statvfs("/dev/shm")
+    print("SHM", st.f_blocks * st.f_frsize, flush=True)
+    mode = {mode!r}
+    pool = shoal.Pool(2)
+    big = bytes(np.ones(64 << 20, dtype=np.uint8))         # 64 MiB > the 16 MiB /dev/shm
+    if mode in ("arg", "arg_close"):
+        report("TRY", lambda: pool.apply(h.length_and_sum, (big,)))
+        report("TRY2", lambda: pool.apply(h.length_and_sum, (big,)))
+    elif mode == "result":
+        report("TRY", lambda: pool.apply(h.big_bytes, (64 << 20,)))
+    elif mode == "shared":
+        report("TRY", lambda: shoal.shared.zeros((64 << 20,), dtype=np.uint8))
+        small = shoal.shared.zeros((1000,))
+        print("SMALL", pool.apply(h.length_and_sum, (small,))[0], flush=True)
+        del small
+    print("AFTER", pool.map(h.square, range(10)), flush=True)
+    if mode == "arg":
+        pool.terminate()
+    else:
+        pool.close()
+    pool.join()
+    print("CLOSED", flush=True)
     print("LEFT", sorted(os.listdir("/dev/shm")), flush=True)
 """
 
 
-def test_dev_shm_full_is_a_clear_error_and_the_pool_goes_on(tmp_path):
+def _shm_full_driver(tmp_path, mode):
     if os.geteuid() != 0 or not os.path.exists("/usr/bin/unshare"):
         pytest.skip("needs root and unshare to give the driver a 16 MiB /dev/shm")
-    drv = _script(tmp_path, "shm_full.py", SHM_FULL)
+    drv = _script(tmp_path, f"shm_full_{mode}.py", SHM_FULL.format(mode=mode))
     cmd = ["unshare", "-m", "sh", "-c",
            f"mount -t tmpfs -o size=16m tmpfs /dev/shm && exec {sys.executable} {drv}"]
-    r = _run(cmd, timeout=150)
-    out = r.stdout
-    assert r.returncode == 0, out + r.stderr
-    lines = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
-    assert lines["SHM"].strip() == str(16 << 20), "the driver did not get the small /dev/shm"
-    for tag in ("ARG", "RESULT", "ARG2"):
-        # Either shoal fits it some other way (OK) or it is a clear Python exception;
-        # never a worker killed by SIGBUS or a hang.
-        assert lines[tag].startswith(("OK", "ERR")), (tag, out)
-        if lines[tag].startswith("ERR"):
-            assert "SIGBUS" not in lines[tag] and "WorkerLost" not in lines[tag], (tag, out)
-    assert lines["SHARED"].startswith("ERR"), out  # 64 MiB cannot fit in 16 MiB
-    assert "OSError" in lines["SHARED"] or "MemoryError" in lines["SHARED"] \
-        or "No space" in lines["SHARED"], out
-    assert lines["AFTER"].strip() == str([i * i for i in range(10)])
-    assert lines["AFTER2"].strip() == str([i * i for i in range(10)])
-    assert lines["LEFT"].strip() == "[]", "segments left behind in the full /dev/shm"
+    try:
+        r = _run(cmd, timeout=60)
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        pytest.fail(f"the driver hung; its output so far:\n{out}")
+    lines = dict(ln.split(" ", 1) for ln in r.stdout.splitlines() if " " in ln)
+    assert lines.get("SHM", "").strip() == str(16 << 20), r.stdout + r.stderr
+    return r, lines
+
+
+def _clear_error(line):
+    # An ordinary exception the user can act on; not a lost worker (SIGBUS, exit).
+    return line.startswith("ERR") and line.split()[1] in (
+        "OSError", "MemoryError", "SerializationError", "BrokenPool", "ShoalError")
+
+
+def test_dev_shm_full_big_argument_is_a_clear_error_and_the_pool_goes_on(tmp_path):
+    r, lines = _shm_full_driver(tmp_path, "arg")
+    assert _clear_error(lines["TRY"]) and _clear_error(lines["TRY2"]), r.stdout
+    assert lines["AFTER"].strip() == str([i * i for i in range(10)]), r.stdout + r.stderr
+    assert "CLOSED" in r.stdout and lines["LEFT"].strip() == "[]", r.stdout
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "_Engine.submit registers the task in self.tasks before _place(); _place -> _frames_for "
+    "-> _indirect -> SharedSegment.create raises OSError(ENOSPC) out of submit, and the task "
+    "stays in self.tasks forever, so close()+join() (shutdown(wait=True) waits for "
+    "'not self.tasks') hangs"))
+def test_dev_shm_full_big_argument_then_close_and_join_does_not_hang(tmp_path):
+    r, lines = _shm_full_driver(tmp_path, "arg_close")
+    assert _clear_error(lines["TRY"]), r.stdout
+    assert "CLOSED" in r.stdout and lines["LEFT"].strip() == "[]", r.stdout
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "_worker.Worker.send -> _write_indirect: SharedSegment.create raises OSError(ENOSPC) "
+    "for a result too big for the ring, the exception escapes serve() and the worker exits "
+    "with code 1: the user gets WorkerLost instead of the OSError"))
+def test_dev_shm_full_big_result_is_a_clear_error_not_a_lost_worker(tmp_path):
+    r, lines = _shm_full_driver(tmp_path, "result")
+    assert _clear_error(lines["TRY"]), r.stdout
+    assert lines["AFTER"].strip() == str([i * i for i in range(10)]), r.stdout + r.stderr
+    assert "CLOSED" in r.stdout and lines["LEFT"].strip() == "[]", r.stdout
+
+
+def test_dev_shm_full_shared_array_is_a_clear_error(tmp_path):
+    r, lines = _shm_full_driver(tmp_path, "shared")
+    assert _clear_error(lines["TRY"]), r.stdout
+    assert lines["SMALL"].strip() == "1000", r.stdout + r.stderr
+    assert lines["AFTER"].strip() == str([i * i for i in range(10)]), r.stdout + r.stderr
+    assert "CLOSED" in r.stdout and lines["LEFT"].strip() == "[]", r.stdout
 
 
 # ------------------------------------------------------------------ Ctrl-C
-SIGINT_DRIVER = """
-    import os, shoal
-    import conformance_helpers as h
-    pool = shoal.Pool(2)
-    print("PIDS", os.getpid(), *pool.backend.pids, flush=True)
-    pool.map(h.sleep_return, [60] * 8, chunksize=1)
-    print("MAP RETURNED", flush=True)
-"""
+SIGINT_DRIVERS = {
+    "pool": """
+        import os, shoal
+        import conformance_helpers as h
+        pool = shoal.Pool(2)
+        print("PIDS", os.getpid(), *pool.backend.pids, flush=True)
+        pool.map(h.sleep_return, [60] * 8, chunksize=1)
+        print("MAP RETURNED", flush=True)
+    """,
+    "with": """
+        import os, shoal
+        import conformance_helpers as h
+        with shoal.Pool(2) as pool:
+            print("PIDS", os.getpid(), *pool.backend.pids, flush=True)
+            pool.map(h.sleep_return, [60] * 8, chunksize=1)
+            print("MAP RETURNED", flush=True)
+    """,
+    "executor": """
+        import os, shoal
+        import conformance_helpers as h
+        with shoal.Executor(2) as ex:
+            print("PIDS", os.getpid(), *ex.backend.pids, flush=True)
+            list(ex.map(h.sleep_return, [60] * 8, chunksize=1))
+            print("MAP RETURNED", flush=True)
+    """,
+}
 
 
-@pytest.mark.parametrize("style", ["pool", "with"])
+@pytest.mark.parametrize("style", sorted(SIGINT_DRIVERS))
 def test_sigint_during_map_interrupts_and_leaves_nothing(tmp_path, style):
-    body = SIGINT_DRIVER
-    if style == "with":
-        body = body.replace("pool = shoal.Pool(2)\n", "with shoal.Pool(2) as pool:\n  if 1:\n")
-        body = "\n".join(("      " + ln if ln.startswith("    print") or ln.startswith("    pool.map")
-                          else ln) for ln in body.splitlines())
-    drv = _script(tmp_path, "sigint.py", body)
+    drv = _script(tmp_path, "sigint.py", SIGINT_DRIVERS[style])
     proc = subprocess.Popen([sys.executable, drv], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -139,9 +202,7 @@ def test_sigint_during_map_interrupts_and_leaves_nothing(tmp_path, style):
         assert line.startswith("PIDS"), line + proc.stderr.read()
         pids = [int(x) for x in line.split()[1:]]
         driver, workers = pids[0], pids[1:]
-        # wait until both workers are inside a task (their state shows sleeping in a task
-        # is not observable; give the map a moment to start)
-        time.sleep(1.0)
+        time.sleep(1.0)  # let the map get going (the outcome must not depend on it)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:
