@@ -86,10 +86,12 @@ def depth_of(obj):
 
 
 def gate(path, value=None, timeout=60.0):
-    """Announces it started (path + '.started'), then waits until `path` exists."""
+    """Announces it started (path + '.started'), then waits until `path` exists
+    (or an ABORT file next to it: a failed test opens every gate on teardown)."""
     open(path + ".started", "w").close()
     deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
+    abort = os.path.join(os.path.dirname(path), "ABORT")
+    while not os.path.exists(path) and not os.path.exists(abort):
         if time.monotonic() > deadline:
             raise TimeoutError(f"gate {path} never opened")
         time.sleep(0.005)

@@ -25,6 +25,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 BACKENDS = ["processes", "threads"]
 
 
+@pytest.fixture(autouse=True)
+def _open_gates_on_teardown(tmp_path):
+    # A failing test may leave a task waiting on a gate: free it, so no thread
+    # (threads backend) or worker outlives the test by the gate's timeout.
+    yield
+    (tmp_path / "ABORT").touch()
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request):
     return request.param
@@ -284,7 +292,9 @@ def test_wait_all_completed_and_timeout(ex, tmp_path):
     g = str(tmp_path / "g")
     slow = ex.submit(h.gate, g)
     fast = ex.submit(h.square, 3)
+    assert fast.result(timeout=60) == 9
     done, not_done = cf.wait([slow, fast], timeout=0.2, return_when=cf.ALL_COMPLETED)
+    assert done == {fast}
     assert not_done == {slow}
     _open(g)
     done, not_done = cf.wait([slow, fast], timeout=60)
