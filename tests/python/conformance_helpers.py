@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import sys
 import time
 
@@ -201,3 +202,37 @@ def maybe_kill_self(x, marker_dir):
         os.kill(os.getpid(), signal.SIGKILL)
     time.sleep(0.002)
     return x * 2
+
+
+class TwoArgError(Exception):
+    """Pickles badly: __reduce__ replays args=(a,) into __init__(a, b)."""
+
+    def __init__(self, a, b):
+        super().__init__(a)
+        self.b = b
+
+
+def raise_two_arg_error():
+    raise TwoArgError("a", "b")
+
+
+class LockedError(Exception):
+    def __init__(self):
+        super().__init__("holds a lock")
+        self.lock = threading.Lock()
+
+
+def raise_locked_error():
+    raise LockedError()
+
+
+def return_worker_only_class():
+    """An instance of a class the driver cannot import (made up in the worker)."""
+    cls = type("Phantom", (), {"__module__": "no_such_module_anywhere"})
+    import sys as _s
+    import types as _t
+
+    mod = _t.ModuleType("no_such_module_anywhere")
+    mod.Phantom = cls
+    _s.modules["no_such_module_anywhere"] = mod
+    return cls()

@@ -535,3 +535,55 @@ def test_lambda_and_closure_tasks(ex):
     base = 10
     assert ex.submit(lambda x: x + base, 5).result(timeout=60) == 15
     assert list(ex.map(lambda a, b: a * b, [1, 2], [3, 4])) == [3, 8]
+
+
+# ------------------------------------------------------------------ what cannot travel back
+def test_exception_that_cannot_be_rebuilt_is_still_a_clear_error(ex):
+    # TwoArgError pickles as TwoArgError("a") but needs two arguments: the driver
+    # cannot rebuild it; the user must still learn which exception the task raised.
+    fut = ex.submit(h.raise_two_arg_error)
+    exc = fut.exception(timeout=60)
+    assert isinstance(exc, Exception) and "TwoArgError" in f"{type(exc).__name__} {exc}"
+    assert ex.submit(h.square, 3).result(timeout=60) == 9
+
+
+def test_exception_that_cannot_be_pickled_is_still_a_clear_error(ex):
+    exc = ex.submit(h.raise_locked_error).exception(timeout=60)
+    assert isinstance(exc, Exception)
+    assert "LockedError" in f"{type(exc).__name__} {exc}" and "holds a lock" in str(exc)
+    assert ex.submit(h.square, 4).result(timeout=60) == 16
+
+
+def test_result_the_driver_cannot_import_is_a_clear_error_or_the_object(ex):
+    fut = ex.submit(h.return_worker_only_class)
+    try:
+        res = fut.result(timeout=60)
+    except Exception as exc:  # processes: the class exists only in the worker
+        assert isinstance(exc, shoal.SerializationError), repr(exc)
+        assert "no_such_module_anywhere" in str(exc)
+    else:
+        assert type(res).__name__ == "Phantom"
+    assert ex.submit(h.square, 5).result(timeout=60) == 25
+
+
+def test_non_callable_is_a_type_error(ex):
+    with pytest.raises(TypeError):
+        ex.submit(5).result(timeout=60)
+    with pytest.raises(TypeError):
+        list(ex.map(5, [1]))
+
+
+def test_initializer_and_initargs(backend):
+    with shoal.Executor(2, backend=backend, initializer=_init_exec, initargs=(6,)) as e:
+        assert set(e.map(_read_exec_init, range(12), chunksize=1)) == {7}
+
+
+_EXEC_INIT = {}
+
+
+def _init_exec(v):
+    _EXEC_INIT["v"] = v + 1
+
+
+def _read_exec_init(_):
+    return _EXEC_INIT.get("v")

@@ -258,6 +258,32 @@ def test_processes_zero_or_negative_is_a_value_error(backend, bad):
         shoal.Pool(bad, backend=backend)
 
 
+# ------------------------------------------------------------------ multiprocessing's names
+MP_SURFACE = ("shoal.Pool (python/shoal/pool.py) lacks part of multiprocessing.Pool's surface: "
+              "no map_async/starmap_async, and the constructor takes workers=/"
+              "max_tasks_per_worker= but not multiprocessing's processes=/maxtasksperchild=")
+
+
+@pytest.mark.xfail(strict=True, reason=MP_SURFACE)
+def test_constructor_accepts_multiprocessing_keyword_names(backend):
+    p = shoal.Pool(processes=2, initializer=_init, initargs=(1,), maxtasksperchild=5,
+                   backend=backend)
+    try:
+        assert p.map(_read_init, range(4)) == [2] * 4
+    finally:
+        p.terminate()
+
+
+@pytest.mark.xfail(strict=True, reason=MP_SURFACE)
+def test_map_async_and_starmap_async(pool):
+    got = []
+    r = pool.map_async(h.square, range(5), callback=got.append)
+    assert r.get(timeout=60) == [0, 1, 4, 9, 16]
+    assert pool.starmap_async(h.add3, [(1, 2, 3)]).get(timeout=60) == [6]
+    r.wait(30)
+    assert got == [[0, 1, 4, 9, 16]]
+
+
 # ------------------------------------------------------------------ course patterns
 def _calculate_sum(values):
     return sum(values)
