@@ -323,3 +323,26 @@ def test_course_integration_with_partial_sums(pool):
     assert sum(star) == pytest.approx(sum(partial), abs=1e-9)
     rs = [pool.apply_async(_partial_integral, (b,)) for b in bounds]
     assert sum(r.get(timeout=60) for r in rs) == pytest.approx(sum(partial), abs=1e-9)
+
+
+def test_terminate_from_another_thread_ends_a_blocked_map(backend):
+    p = shoal.Pool(2, backend=backend)
+    out = {}
+    started = threading.Event()
+
+    def run():
+        started.set()
+        try:
+            out["result"] = p.map(h.sleep_return, [20] * 6, chunksize=1)
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            out["error"] = exc
+
+    t = threading.Thread(target=run)
+    t.start()
+    started.wait(30)
+    time.sleep(0.5)
+    p.terminate()
+    t.join(60)
+    assert not t.is_alive(), "map() still blocked after terminate()"
+    assert "result" not in out and isinstance(out["error"], shoal.BrokenPool), out
+    p.join()
