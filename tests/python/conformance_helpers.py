@@ -236,3 +236,8 @@ def return_worker_only_class():
     mod.Phantom = cls
     _s.modules["no_such_module_anywhere"] = mod
     return cls()
+
+
+def sleep_then_touch(seconds, path):
+    time.sleep(seconds)
+    return touch(path)

@@ -587,3 +587,65 @@ def _init_exec(v):
 
 def _read_exec_init(_):
     return _EXEC_INIT.get("v")
+
+
+# ------------------------------------------------------------------ references, tracebacks, exit
+class _Obj:
+    pass
+
+
+def test_arguments_are_not_kept_alive_after_completion(ex):
+    import gc
+    import weakref
+
+    obj = _Obj()
+    ref = weakref.ref(obj)
+    fut = ex.submit(h.identity, [obj, 1])
+    fut.result(timeout=60)
+    del obj, fut
+    gc.collect()
+    assert ref() is None, "the executor keeps a finished task's argument alive"
+
+
+def test_remote_traceback_is_attached_as_cause(ex):
+    exc = ex.submit(h.raise_custom, 1).exception(timeout=60)
+    assert isinstance(exc.__cause__, shoal.RemoteTraceback)
+    assert "raise_custom" in str(exc.__cause__) and "CustomError" in str(exc.__cause__)
+
+
+EXIT_DRIVER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {here!r})
+    import shoal, conformance_helpers as h
+    ex = shoal.Executor(2, backend={backend!r})
+    ex.submit(h.sleep_then_touch, 0.5, {path!r})
+    print("LEAVING", flush=True)
+""")
+
+
+def test_interpreter_exit_without_shutdown_finishes_submitted_work(backend, tmp_path, request):
+    xfail_for(request, {"processes"}, (
+        "processes backend: at interpreter exit, _finalize (weakref.finalize in "
+        "_backend_processes.py) calls _Engine.terminate(), killing the workers and dropping "
+        "submitted tasks; concurrent.futures (and the threads backend) let them finish"))
+    path = str(tmp_path / "done")
+    script = tmp_path / "exit_driver.py"
+    script.write_text(EXIT_DRIVER.format(here=HERE, backend=backend, path=path))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=90)
+    assert r.returncode == 0 and "LEAVING" in r.stdout, r.stderr
+    assert os.path.exists(path), "a submitted task was dropped at interpreter exit"
+
+
+def test_lost_worker_is_catchable_as_broken_process_pool(request):
+    request.applymarker(pytest.mark.xfail(strict=True, reason=(
+        "python/shoal/_errors.py: WorkerLost/BrokenPool do not derive from "
+        "concurrent.futures.BrokenExecutor / concurrent.futures.process.BrokenProcessPool, so "
+        "code ported from ProcessPoolExecutor that catches BrokenProcessPool misses a dead "
+        "worker; fix: class BrokenPool(ShoalError, cf.BrokenExecutor), "
+        "class WorkerLost(BrokenPool, cf.process.BrokenProcessPool) (valid MRO, checked)")))
+    from concurrent.futures.process import BrokenProcessPool
+
+    with shoal.Executor(1) as e:
+        exc = e.submit(os._exit, 3).exception(timeout=60)
+        assert isinstance(exc, shoal.WorkerLost)
+        assert isinstance(exc, BrokenProcessPool)
