@@ -241,3 +241,9 @@ def return_worker_only_class():
 def sleep_then_touch(seconds, path):
     time.sleep(seconds)
     return touch(path)
+
+
+def start_lingering_thread(seconds):
+    """Leaves a non-daemon thread behind in the worker."""
+    threading.Thread(target=time.sleep, args=(seconds,), daemon=False).start()
+    return os.getpid()

@@ -344,6 +344,17 @@ def test_task_that_ignores_sigterm_and_sigint_does_not_block_shutdown():
     assert _alive(workers2) == []
 
 
+@pytest.mark.parametrize("how", ["close", "terminate"])
+def test_task_leaving_a_non_daemon_thread_does_not_block_join(how):
+    # Python waits for non-daemon threads at exit: the worker would never end by
+    # itself; join() must still return and the worker must be gone.
+    pool = shoal.Pool(1)
+    pid = pool.apply(h.start_lingering_thread, (600,))
+    getattr(pool, how)()
+    pool.join()
+    assert _alive([pid]) == []
+
+
 def test_task_with_its_own_signal_handler_gets_its_signal():
     with shoal.Pool(1) as pool:
         assert pool.apply(h.set_sigalrm_and_wait, (0.05,)) == [signal.SIGALRM]
