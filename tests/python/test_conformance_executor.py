@@ -649,3 +649,24 @@ def test_lost_worker_is_catchable_as_broken_process_pool(request):
         exc = e.submit(os._exit, 3).exception(timeout=60)
         assert isinstance(exc, shoal.WorkerLost)
         assert isinstance(exc, BrokenProcessPool)
+
+
+def test_wait_and_as_completed_over_futures_of_different_executors(tmp_path):
+    g = str(tmp_path / "g")
+    with shoal.Executor(1, backend="processes") as pe, \
+            shoal.Executor(1, backend="threads") as te, \
+            cf.ThreadPoolExecutor(1) as std:
+        slow = pe.submit(h.gate, g, "p")
+        fut_t = te.submit(h.square, 3)
+        fut_s = std.submit(h.square, 4)
+        done, not_done = cf.wait([slow, fut_t, fut_s], timeout=60,
+                                 return_when=cf.FIRST_COMPLETED)
+        assert done and slow not in done
+        cf.wait([fut_t, fut_s], timeout=60)
+        order = []
+        for f in cf.as_completed([slow, fut_t, fut_s], timeout=60):
+            order.append(f)
+            if len(order) == 2:
+                _open(g)
+        assert order[-1] is slow and set(order[:2]) == {fut_t, fut_s}
+        assert [f.result() for f in (slow, fut_t, fut_s)] == ["p", 9, 16]
