@@ -636,13 +636,7 @@ def test_interpreter_exit_without_shutdown_finishes_submitted_work(backend, tmp_
     assert os.path.exists(path), "a submitted task was dropped at interpreter exit"
 
 
-def test_lost_worker_is_catchable_as_broken_process_pool(request):
-    request.applymarker(pytest.mark.xfail(strict=True, reason=(
-        "python/shoal/_errors.py: WorkerLost/BrokenPool do not derive from "
-        "concurrent.futures.BrokenExecutor / concurrent.futures.process.BrokenProcessPool, so "
-        "code ported from ProcessPoolExecutor that catches BrokenProcessPool misses a dead "
-        "worker; fix: class BrokenPool(ShoalError, cf.BrokenExecutor), "
-        "class WorkerLost(BrokenPool, cf.process.BrokenProcessPool) (valid MRO, checked)")))
+def test_lost_worker_is_catchable_as_broken_process_pool():
     from concurrent.futures.process import BrokenProcessPool
 
     with shoal.Executor(1) as e:
