@@ -135,6 +135,19 @@ void WorkerSupervisor::do_spawn(SpawnRequest& r) {
   r.pid = pid;
 }
 
+void WorkerSupervisor::adopt(int slot, pid_t pid) {
+  Child c{slot, -1};
+  if (use_pidfd_) {
+    c.pidfd = pidfd_open_(pid);
+    if (c.pidfd < 0) throw_errno("pidfd_open of forked worker " + std::to_string(pid));
+  }
+  {
+    std::lock_guard lock(mu_);
+    children_[pid] = c;
+  }
+  kick();  // the supervisor thread rebuilds its poll set
+}
+
 bool WorkerSupervisor::signal(pid_t pid, int sig) {
   std::lock_guard lock(mu_);
   auto it = children_.find(pid);

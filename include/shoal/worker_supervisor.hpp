@@ -50,6 +50,9 @@ class WorkerSupervisor {
   // Returns its pid. Throws SystemError if the spawn failed.
   pid_t spawn(int slot, const std::vector<std::string>& argv, const std::vector<std::string>& env,
               int pass_fd);
+  // Watches a child this process forked itself (before this supervisor's
+  // thread existed: a single-threaded driver may fork). Throws if it cannot.
+  void adopt(int slot, pid_t pid);
   // Sends sig to a live worker (through its pidfd: no pid-reuse race).
   // Returns false if it is no longer alive.
   bool signal(pid_t pid, int sig);

@@ -39,6 +39,7 @@ from __future__ import annotations
 import functools
 import itertools
 import os
+import pickle
 import signal as _signal
 import sys
 import threading
@@ -47,7 +48,7 @@ import types
 import weakref
 from collections import OrderedDict, deque
 from concurrent.futures import CancelledError, Future, InvalidStateError
-from concurrent.futures._base import PENDING as _F_PENDING, RUNNING as _RUNNING
+from concurrent.futures._base import FINISHED as _FINISHED, PENDING as _F_PENDING, RUNNING as _RUNNING
 from typing import Any, Callable, Iterable, Iterator
 
 from . import _serialize
@@ -60,6 +61,8 @@ FUNCTION_DEF, CALL, BATCH, RESULT, FAILURE, CONTROL = 1, 2, 3, 4, 5, 6
 INDIRECT = 1
 
 _PENDING = object()
+_SCALARS = frozenset({int, float, bool, str, bytes, complex, type(None)})
+_pickle_dumps = pickle.dumps
 _FN_CACHE_SIZE = 256
 #: per-ring bytes (each worker has a task ring and a result ring)
 RING_BYTES = 1 << 20
@@ -79,29 +82,31 @@ class _Failed:
 
 
 class _Task:
-    __slots__ = ("id", "fn_id", "data", "keep", "future", "job", "index", "item", "slot",
-                 "attempts", "timeout_ns", "kill_reason", "name")
+    """One task. Defaults live on the class, so that creating one (a map of a
+    million items creates a million) costs two attribute stores."""
+
+    data = None        # Call payload bytes (None for map items: pickled per batch)
+    keep = None        # what must stay alive until the result (segments)
+    future = None
+    job = None
+    index = 0
+    item = None
+    slot = -1
+    attempts = 0
+    timeout_ns = 0
+    kill_reason = None
+    name = ""
 
     def __init__(self, tid: int, fn_id: int) -> None:
         self.id = tid
         self.fn_id = fn_id
-        self.data = None        # Call payload bytes (None for map items: pickled per batch)
-        self.keep = None        # what must stay alive until the result (segments)
-        self.future = None
-        self.job = None
-        self.index = 0
-        self.item = None
-        self.slot = -1
-        self.attempts = 0
-        self.timeout_ns = 0
-        self.kill_reason = None
-        self.name = ""
 
 
 class _MapJob:
-    __slots__ = ("results", "done", "ordered", "cancelled")
+    __slots__ = ("results", "done", "ordered", "cancelled", "name")
 
-    def __init__(self, ordered: bool) -> None:
+    def __init__(self, ordered: bool, name: str = "") -> None:
+        self.name = name
         self.results: list = []
         self.done: deque = deque()  # completed indices, for unordered maps
         self.ordered = ordered
@@ -141,6 +146,8 @@ class ProcessFuture(Future):
         self._engine = engine
 
     def result(self, timeout: float | None = None) -> Any:
+        if self._state is _FINISHED and self._exception is None:
+            return self._result  # set once, never changes afterwards
         if not self.done() and not self._engine.wait_until(self.done, timeout):
             raise TimeoutError()
         return super().result(timeout=0)
@@ -156,6 +163,12 @@ def _describe_fn(fn: Any) -> str:
     if isinstance(fn, functools.partial):
         return _describe_fn(fn.func)
     return name or type(fn).__name__
+
+
+def _task_name(task: "_Task") -> str:
+    if task.name:
+        return task.name
+    return task.job.name if task.job is not None else "?"
 
 
 def _exit_text(code: int, sig: int) -> str:
@@ -193,6 +206,13 @@ class _Engine:
         self.retries = retries
         self.max_tasks = max_tasks_per_worker
         self.chan = _core.PoolChannel.create(workers, ring_bytes)
+        self.slots = [_Slot(i, max_tasks_per_worker) for i in range(workers)]
+        self.caps = self._thread_caps()
+        if _can_fork():
+            # The driver runs no thread yet (checked): forking is safe and
+            # skips an interpreter start per worker. Replacements are spawned.
+            for s in self.slots:
+                s.pid = self._fork_worker(s.index, max_tasks_per_worker or 0)
         self.sup = _core.WorkerSupervisor(self.chan)
         self.limit = self.chan.max_payload // 2
         self.lock = threading.Lock()
@@ -205,10 +225,10 @@ class _Engine:
         self.tasks: dict[int, _Task] = {}
         self.timed: set[int] = set()
         self.backlog: deque[_Task] = deque()
-        self.fns: OrderedDict[int, tuple] = OrderedDict()  # id(fn) -> (fn, fn_id, data, keep)
+        # (id(fn), chunked) -> (fn, fn_id, payload, name); insertion-ordered
+        self.fns: OrderedDict[tuple, tuple] = OrderedDict()
         self.fn_data: dict[int, bytes] = {}                # fn_id -> data (for resends)
         self.fn_keep: list = []                            # segments of huge FunctionDefs
-        self.slots = [_Slot(i, max_tasks_per_worker) for i in range(workers)]
         self.closing = False      # no new tasks
         self.stopped = False      # workers are gone
         self.broken: BaseException | None = None
@@ -223,7 +243,11 @@ class _Engine:
             self.argv_base += ["--max-tasks", str(int(max_tasks_per_worker))]
         try:
             for s in self.slots:
-                self._start_worker(s)
+                if s.pid == 0:
+                    self._start_worker(s)
+                else:
+                    self.sup.adopt(s.index, s.pid)
+                    self._announce(s)
         except BaseException:
             self.close(0)
             raise
@@ -231,14 +255,32 @@ class _Engine:
         self.thread.start()
 
     # ------------------------------------------------------------ workers
+    def _thread_caps(self) -> dict:
+        threads = str(max(1, len(os.sched_getaffinity(0)) // self.workers))
+        return {var: threads for var in (
+            "SHOAL_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+            "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMBA_NUM_THREADS")}
+
+    def _fork_worker(self, slot: int, max_tasks: int) -> int:
+        fd, driver, caps = self.chan.fd, os.getpid(), self.caps
+        pid = os.fork()
+        if pid == 0:  # the child never returns from here
+            code = 70
+            try:
+                from . import _worker
+
+                code = _worker.run_forked(slot, driver, fd, max_tasks, caps)
+            except BaseException:  # noqa: BLE001 - report, then leave without cleanup
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        return pid
+
     def _worker_env(self) -> list[str]:
-        cpus = len(os.sched_getaffinity(0))
-        threads = str(max(1, cpus // self.workers))
         env = dict(os.environ)
-        for var in ("SHOAL_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                    "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
-                    "NUMBA_NUM_THREADS"):
-            env[var] = threads
+        env.update(self._thread_caps())
         # The worker must import this very shoal, wherever it was imported from.
         pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = os.pathsep.join([pkg_parent] + [p for p in
@@ -253,10 +295,13 @@ class _Engine:
         s.ready = False
         s.budget = self.max_tasks
         s.pid = 0
-        pid = self.sup.spawn(s.index, self.argv_base + ["--slot", str(s.index)], self.env,
-                             self.chan.fd)
-        s.pid = pid
-        self.chan.set_pid(s.index, pid)
+        s.pid = self.sup.spawn(s.index, self.argv_base + ["--slot", str(s.index)], self.env,
+                               self.chan.fd)
+        self._announce(s)
+
+    def _announce(self, s: _Slot) -> None:
+        """The first frame a new worker reads: sys.path and the initializer."""
+        self.chan.set_pid(s.index, s.pid)
         msg = {"sys_path": list(sys.path), "init": self.init_data}
         self.chan.push_tasks(s.index, [(0, CONTROL, 0, _serialize.dumps(msg).data)])
 
@@ -279,8 +324,7 @@ class _Engine:
         if entry is not None and (entry[0] is ident or (
                 type(ident) is tuple and type(entry[0]) is tuple
                 and entry[0][0] is ident[0] and entry[0][1] is ident[1])):
-            self.fns.move_to_end(key)
-            return entry[1]
+            return entry[1]  # eviction is FIFO: a re-pickle now and then is cheap
         if chunked:
             from ._mapping import run_chunk
 
@@ -289,10 +333,10 @@ class _Engine:
             obj = fn
         payload = _serialize.dumps(obj)  # may raise SerializationError: nothing changed yet
         fn_id = next(self.ids)
-        self.fns[key] = (ident, fn_id, payload)
+        self.fns[key] = (ident, fn_id, payload, _describe_fn(fn))
         self.fn_data[fn_id] = bytes(payload.data)
         if len(self.fns) > _FN_CACHE_SIZE:
-            _, (_, old_id, _) = self.fns.popitem(last=False)
+            _, (_, old_id, _, _) = self.fns.popitem(last=False)
             self.fn_data.pop(old_id, None)
             # Workers forget it too (best effort: a full ring just keeps it).
             forget = _serialize.dumps({"forget": [old_id]}).data
@@ -310,21 +354,36 @@ class _Engine:
 
     def submit(self, fn: Callable, args: tuple, kwargs: dict | None,
                timeout: float | None) -> Future:
+        # The hot path of Executor.submit: every line here costs per task.
         fut = ProcessFuture(self)
         with self.lock:
-            self._check_open()
-            fn_id = self._fn_id(fn)
+            if self.broken is not None or self.closing:
+                self._check_open()
+            entry = self.fns.get((id(fn), False))
+            if entry is not None and entry[0] is fn:
+                fn_id = entry[1]
+            else:
+                fn_id = self._fn_id(fn)
+                entry = self.fns.get((id(fn), False))
             tid = next(self.ids)
-            try:
-                payload = _serialize.dumps((fn_id, args, kwargs))
-            except SerializationError as exc:
-                fut.set_exception(exc)
-                return fut
             task = _Task(tid, fn_id)
-            task.data = bytes(payload.data)
-            task.keep = payload if payload.segments else None
+            if kwargs is None and len(args) <= 4 and all(type(a) in _SCALARS for a in args):
+                # Scalars: nothing can go out of band or refer to __main__, so
+                # the serializer would only add its bookkeeping to a pickle.
+                data = task.data = _pickle_dumps((fn_id, args, None), 5)
+            else:
+                try:
+                    payload = _serialize.dumps((fn_id, args, kwargs))
+                except SerializationError as exc:
+                    fut.set_exception(exc)
+                    return fut
+                data = task.data = payload.data
+                if type(data) is not bytes:
+                    data = task.data = bytes(data)
+                if payload.segments:
+                    task.keep = payload
             task.future = fut
-            task.name = _describe_fn(fn)
+            task.name = entry[3] if entry is not None else _describe_fn(fn)
             fut._shoal_task = task
             if timeout is not None:
                 if timeout <= 0:
@@ -336,9 +395,8 @@ class _Engine:
             # to the least-loaded worker that already has the function.
             s = self._pick_slot()
             if (s is not None and not self.backlog and fn_id in s.sent_fns
-                    and len(task.data) <= self.limit
-                    and (s.budget is None or s.budget > 0)
-                    and self.chan.push_task(s.index, tid, CALL, 0, task.data)):
+                    and len(data) <= self.limit
+                    and self.chan.push_task(s.index, tid, CALL, 0, data)):
                 fut._state = _RUNNING  # nobody else holds fut yet: no lock needed
                 task.slot = s.index
                 s.tasks[tid] = task
@@ -526,8 +584,8 @@ class _Engine:
         else:
             per_frame = max(1, min(512, n_units // (self.workers * 8)))
         window = max(per_frame * self.workers * 4, 2 * self.workers)
-        job = _MapJob(ordered)
         name = _describe_fn(fn)
+        job = _MapJob(ordered, name)
         with self.lock:
             self._check_open()
             fn_id = self._fn_id(task_fn, chunked=chunksize > 1)
@@ -536,21 +594,21 @@ class _Engine:
 
     def _map_submit(self, job: _MapJob, fn_id: int, name: str, items: list) -> None:
         results = job.results
-        tasks = []
-        ids = self.ids
-        for item in items:
-            t = _Task(next(ids), fn_id)
-            t.job = job
-            t.index = len(results)
-            t.item = item
-            t.name = name
-            results.append(_PENDING)
-            tasks.append(t)
+        base = len(results)
+        results.extend([_PENDING] * len(items))
+        tasks = [_Task(0, fn_id) for _ in items]
         with self.lock:
             self._check_open()
             alltasks = self.tasks
-            for t in tasks:
-                alltasks[t.id] = t
+            ids = self.ids
+            index = base
+            for t, item in zip(tasks, items):
+                tid = t.id = next(ids)
+                t.job = job
+                t.index = index
+                t.item = item
+                alltasks[tid] = t
+                index += 1
             if self.backlog:
                 self.backlog.extend(tasks)
             elif not self._place_checked(tasks):
@@ -583,7 +641,31 @@ class _Engine:
 
         try:
             refill()
-            if job.ordered:
+            if job.ordered and chunks:
+                # map_list: hand over every consecutive finished result at once.
+                while nxt < len(results):
+                    if results[nxt] is _PENDING:
+                        i = nxt
+                        if not self.wait_until(lambda: results[i] is not _PENDING, remaining()):
+                            raise TimeoutError("map() timed out")
+                    end = nxt + 1
+                    size = len(results)
+                    while end < size and results[end] is not _PENDING:
+                        end += 1
+                    run = results[nxt:end]
+                    results[nxt:end] = itertools.repeat(None, end - nxt)
+                    yielded += end - nxt
+                    nxt = end
+                    for r in run:
+                        if type(r) is _Failed:
+                            raise r.exc
+                    if not exhausted and len(results) - yielded < window // 2:
+                        refill()
+                    if flatten:
+                        yield list(itertools.chain.from_iterable(run))
+                    else:
+                        yield run
+            elif job.ordered:
                 while nxt < len(results):
                     r = results[nxt]
                     if r is _PENDING:
@@ -718,8 +800,8 @@ class _Engine:
                     if task is None:
                         continue  # cancelled or abandoned meanwhile
                     del slots[slot].tasks[tid]
-                    if task.job is not None and kind == RESULT and not flags:
-                        fast.append((task, data))  # the common case of map, see below
+                    if kind == RESULT and not flags and not task.timeout_ns:
+                        fast.append((task, data))  # the common case, see below
                     else:
                         done.append((task, kind, flags, data))
             for slot, pid, code, sig in exits:
@@ -729,19 +811,7 @@ class _Engine:
             if self.backlog:
                 self._flush_backlog()
         if fast:
-            loads = _serialize.loads
-            for task, data in fast:
-                job = task.job
-                try:
-                    value = loads(data, adopt=True)
-                except BaseException as exc:  # noqa: BLE001
-                    value = _Failed(SerializationError(
-                        f"the result of task {task.id} ({task.name}) could not be loaded: "
-                        f"{type(exc).__name__}: {exc}"))
-                if not job.cancelled:
-                    job.results[task.index] = value
-                    if not job.ordered:
-                        job.done.append(task.index)
+            self._finish_values(fast)
         if done:
             self._finish(done)
         if self.dead_pids:
@@ -768,6 +838,45 @@ class _Engine:
             self._break(BrokenPool(f"the pool's initializer raised {type(exc).__name__}: {exc}"),
                         cause=exc, done=done)
 
+    def _finish_values(self, fast: list) -> None:
+        """Completes tasks whose result frame arrived (most of them): map slots
+        directly; Futures all under one acquisition of their shared condition
+        with one notify_all, callbacks after it."""
+        loads = _serialize.loads
+        futs = []
+        for task, data in fast:
+            task.keep = None
+            try:
+                value = loads(data, adopt=True)
+            except BaseException as exc:  # noqa: BLE001
+                self._deliver_exc(task, SerializationError(
+                    f"the result of task {task.id} ({_task_name(task)}) could not be loaded: "
+                    f"{type(exc).__name__}: {exc}"))
+                continue
+            job = task.job
+            if job is not None:
+                if not job.cancelled:
+                    job.results[task.index] = value
+                    if not job.ordered:
+                        job.done.append(task.index)
+            else:
+                futs.append((task.future, value))
+        if not futs:
+            return
+        callbacks = []
+        with self.future_cond:
+            for fut, value in futs:
+                if fut._state is _RUNNING or fut._state is _F_PENDING:
+                    fut._result = value
+                    fut._state = _FINISHED
+                    for waiter in fut._waiters:
+                        waiter.add_result(fut)
+                    if fut._done_callbacks:
+                        callbacks.append(fut)
+            self.future_cond.notify_all()
+        for fut in callbacks:
+            fut._invoke_callbacks()
+
     def _finish(self, done: list) -> None:
         loads = _serialize.loads
         for task, kind, flags, data in done:
@@ -781,7 +890,7 @@ class _Engine:
                     value = loads(data, adopt=True)
                 except BaseException as exc:  # noqa: BLE001
                     self._deliver_exc(task, SerializationError(
-                        f"the result of task {task.id} ({task.name}) could not be loaded: "
+                        f"the result of task {task.id} ({_task_name(task)}) could not be loaded: "
                         f"{type(exc).__name__}: {exc}"))
                     continue
                 job = task.job
@@ -856,11 +965,11 @@ class _Engine:
                 continue
             if task.kill_reason == "timeout":
                 self._fail(task, TaskTimeout(
-                    f"task {task.id} ({task.name}) ran past its time limit of "
+                    f"task {task.id} ({_task_name(task)}) ran past its time limit of "
                     f"{task.timeout_ns / 1e9:g} s; worker {pid} was killed and replaced"), done)
             elif task.kill_reason == "cancel":
                 self._fail(task, CancelledError(
-                    f"task {task.id} ({task.name}) was cancelled while running; worker {pid} "
+                    f"task {task.id} ({_task_name(task)}) was cancelled while running; worker {pid} "
                     f"was killed and replaced"), done)
             else:
                 task.attempts += 1
@@ -868,7 +977,7 @@ class _Engine:
                     requeue.append(task)
                 else:
                     self._fail(task, WorkerLost(
-                        f"worker {pid} {how} while running task {task.id} ({task.name})",
+                        f"worker {pid} {how} while running task {task.id} ({_task_name(task)})",
                         exitcode=None if sig else code, signal=sig or None), done)
         self.backlog.extendleft(reversed(requeue))
         s.tasks = {}
@@ -1004,6 +1113,21 @@ class _Engine:
             self.init_payload = None
             for task in self.tasks.values():
                 task.keep = None
+
+
+def _can_fork() -> bool:
+    """Fork only a driver that runs no other thread (C threads included, e.g.
+    OpenBLAS's), from its main thread (a forked worker's parent-death signal
+    follows the thread that forked it). SHOAL_START=spawn disables it."""
+    if os.environ.get("SHOAL_START", "auto") == "spawn":
+        return False
+    if threading.current_thread() is not threading.main_thread() or \
+            threading.active_count() != 1:
+        return False
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
 
 
 def _finalize(engine: _Engine) -> None:

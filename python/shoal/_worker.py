@@ -17,6 +17,7 @@ memory segments on its way out.
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import sys
 import traceback
@@ -24,6 +25,8 @@ import traceback
 # Frame kinds and flags: shoal/frame.hpp.
 FUNCTION_DEF, CALL, BATCH, RESULT, FAILURE, CONTROL = 1, 2, 3, 4, 5, 6
 INDIRECT = 1
+_SCALARS = frozenset({int, float, bool, complex, type(None)})
+_pickle_dumps = pickle.dumps
 #: how long an idle worker spins before it sleeps on the futex
 _SPIN_US = float(os.environ.get("SHOAL_WORKER_SPIN_US", "50"))
 
@@ -58,14 +61,14 @@ def _write_indirect(data: bytes) -> bytes:
 
 
 class Worker:
-    def __init__(self, slot: int, driver: int) -> None:
+    def __init__(self, slot: int, driver: int, fd: int = 3) -> None:
         from . import _core, _serialize
 
         self.slot = slot
         self.driver = driver
         self.core = _core
         self.serialize = _serialize
-        self.chan = _core.PoolChannel.attach_fd(3)
+        self.chan = _core.PoolChannel.attach_fd(fd)
         self.limit = self.chan.max_payload // 2
         self.fns: dict[int, object] = {}
         self.done = 0
@@ -104,6 +107,12 @@ class Worker:
             self.done += 1
             return
         # Still "current" while the result is serialized: a crash there is this task's.
+        if type(value) in _SCALARS:
+            # Nothing out of band, no __main__ reference: a plain pickle.
+            chan.push_result(slot, task_id, RESULT, 0, _pickle_dumps(value, 5))
+            chan.set_current(slot, 0)
+            self.done += 1
+            return
         try:
             payload = self.dumps(value)
         except BaseException as exc:  # noqa: BLE001 - reported to the caller
@@ -118,11 +127,33 @@ class Worker:
             self.send(task_id, RESULT, data)
         else:
             chan.push_result(slot, task_id, RESULT, 0, data)
-        if payload.segments:
-            # The driver loads results with adopt=True: it unlinks the segments.
-            payload.release_names()
+        # The driver loads results with adopt=True: it unlinks the segments and
+        # takes over shoal.shared arrays the task created (the serializer's
+        # Payload knows what it holds).
+        payload.release_names()
         chan.set_current(slot, 0)
         self.done += 1
+
+    def run_batch(self, fn, ids: list, items: list) -> None:
+        """run_one for every item of a Batch frame, with the common case
+        (a scalar result) inlined: this loop is the inner loop of map()."""
+        chan, slot = self.chan, self.slot
+        set_current, push, dumps = chan.set_current, chan.push_result, _pickle_dumps
+        for tid, item in zip(ids, items):
+            set_current(slot, tid)
+            try:
+                value = fn(item)
+            except BaseException as exc:  # noqa: BLE001 - reported, the batch goes on
+                chan.set_current(slot, 0)
+                self.send_failure(tid, exc)
+                continue
+            if type(value) in _SCALARS:
+                push(slot, tid, RESULT, 0, dumps(value, 5))
+            else:
+                self.run_one(tid, _Value(value), (), None)
+                self.done -= 1  # counted below with the others
+        chan.set_current(slot, 0)
+        self.done += len(ids)
 
     def handle(self, task_id: int, kind: int, flags: int, data: bytes) -> None:
         if flags & INDIRECT:
@@ -147,9 +178,7 @@ class Worker:
                 for tid in ids:
                     self.send_failure(tid, exc, f"task {tid} could not be loaded in the worker")
                 return
-            run_one = self.run_one
-            for tid, item in zip(ids, items):
-                run_one(tid, fn, (item,), None)
+            self.run_batch(fn, ids, items)
         elif kind == FUNCTION_DEF:
             try:
                 self.fns[task_id] = self.serialize.loads(data)
@@ -193,6 +222,18 @@ class Worker:
                 return
 
 
+class _Value:
+    """A finished value run through run_one's result path."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value) -> None:
+        self.value = value
+
+    def __call__(self):
+        return self.value
+
+
 class _Unloadable:
     """Stands in for a function that could not be unpickled in the worker:
     every task using it fails with the original error."""
@@ -217,6 +258,29 @@ def _cap_native_threads() -> None:
         threadpool_limits(int(n))
     except Exception:  # noqa: BLE001 - capping is best effort
         pass
+
+
+def run_forked(slot: int, driver: int, fd: int, max_tasks: int, env: dict) -> int:
+    """Worker body in a child forked from a single-threaded driver (no exec)."""
+    import gc
+
+    # Objects copied from the driver are never collected here: a collected
+    # SharedSegment copy would unlink the driver's segment.
+    gc.freeze()
+    try:
+        import faulthandler
+
+        faulthandler.disable()  # the driver's (e.g. pytest's): not this worker's business
+    except Exception:  # noqa: BLE001
+        pass
+    os.setpgid(0, 0)  # like spawned workers: Ctrl-C in a terminal reaches only the driver
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ.update(env)
+    from . import _core
+
+    _core.guard_worker(driver)
+    Worker(slot, driver, fd).serve(max_tasks)
+    return 0
 
 
 def main(argv: list[str]) -> int:

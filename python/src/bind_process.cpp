@@ -210,6 +210,7 @@ static void bind(nb::module_& m) {
             return s.spawn(slot, argv, env, fd);
           },
           nb::arg("slot"), nb::arg("argv"), nb::arg("env"), nb::arg("fd"))
+      .def("adopt", &WorkerSupervisor::adopt, nb::arg("slot"), nb::arg("pid"))
       .def("signal", &WorkerSupervisor::signal, nb::arg("pid"), nb::arg("sig"))
       .def("take_exits",
            [](WorkerSupervisor& s) {

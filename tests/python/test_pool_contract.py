@@ -153,3 +153,51 @@ def test_default_workers(backend):
     with shoal.Pool(backend=backend) as p:
         assert p.workers == shoal.default_workers()
         assert p.map(square, range(3)) == [0, 1, 4]
+
+
+def test_submit_from_many_threads_at_once(executor):
+    import threading
+
+    barrier = threading.Barrier(4)
+    out = {}
+
+    def client(k):
+        barrier.wait()
+        futs = [executor.submit(add, k * 1000, i) for i in range(300)]
+        out[k] = [f.result(timeout=60) for f in futs]
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert out == {k: [k * 1000 + i for i in range(300)] for k in range(4)}
+
+
+def test_done_callbacks_may_submit_more_work(executor):
+    import threading
+
+    done = threading.Event()
+    results = []
+
+    def chain(fut):
+        results.append(fut.result())
+        if len(results) < 5:
+            executor.submit(add, fut.result(), 1).add_done_callback(chain)
+        else:
+            done.set()
+
+    executor.submit(add, 0, 1).add_done_callback(chain)
+    assert done.wait(60)
+    assert results == [1, 2, 3, 4, 5]
+
+
+def test_map_propagates_errors_of_the_input_iterable(pool):
+    def items():
+        yield 1
+        yield 2
+        raise RuntimeError("input broke")
+
+    with pytest.raises(RuntimeError, match="input broke"):
+        pool.map(square, items(), chunksize=1)
+    assert pool.map(square, [4]) == [16]

@@ -319,3 +319,20 @@ def test_many_distinct_functions_and_bound_methods(pool):
     acc = Acc()
     assert [pool.apply(acc.plus, (i,)) for i in range(50)] == [5 + i for i in range(50)]
     assert len(pool.backend._engine.fns) <= 256
+
+
+@pytest.mark.parametrize("start", ["spawn", "auto"])
+def test_both_start_methods_run_tasks_and_survive_deaths(start, monkeypatch):
+    from shoal._backend_processes import _can_fork
+
+    monkeypatch.setenv("SHOAL_START", start)
+    forked = start == "auto" and _can_fork()
+    with shoal.Pool(2) as pool:
+        for pid in _pids(pool):
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                spawned = b"shoal._worker" in f.read()
+            assert spawned != forked
+        assert pool.map(square, range(100), chunksize=1) == [i * i for i in range(100)]
+        with pytest.raises(shoal.WorkerLost):
+            pool.apply(exit_hard, (4,))
+        assert pool.map(square, range(10)) == [i * i for i in range(10)]  # replacement spawned
