@@ -226,6 +226,7 @@ def test_rebinding_a_global_is_seen(tmp_path):
 
 
 MAIN_SENDER = """
+import os
 import sys
 import numpy as np
 from shoal import _serialize as S
@@ -244,6 +245,11 @@ payload = S.dumps((work, (Acc(np.arange(100_000.0)), 2), {"extra": lambda: offse
 for seg in payload.segments:
     seg.release_name()            # the receiver adopts the segment
 sys.stdout.buffer.write(bytes(payload.data))
+sys.stdout.flush()
+os.close(1)  # EOF for the reader (sys.stdout does not own fd 1)
+# Stay alive until the receiver has attached: a segment whose creator died
+# may be swept by any shoal process starting a pool meanwhile.
+sys.stdin.read()
 """
 
 MAIN_RECEIVER = """
@@ -259,12 +265,17 @@ def test_main_functions_classes_and_lambdas_cross_fresh_interpreters(tmp_path):
     a *different* fresh interpreter, whose __main__ has none of them."""
     (tmp_path / "sender.py").write_text(MAIN_SENDER)
     (tmp_path / "receiver.py").write_text(MAIN_RECEIVER)
-    sent = subprocess.run([sys.executable, str(tmp_path / "sender.py")], capture_output=True,
-                          timeout=60)
-    assert sent.returncode == 0, sent.stderr.decode()
-    assert sent.stdout[:1] == b"S"  # the 800 kB array went out of band
-    got = subprocess.run([sys.executable, str(tmp_path / "receiver.py")], input=sent.stdout,
-                         capture_output=True, timeout=60)
+    sender = subprocess.Popen([sys.executable, str(tmp_path / "sender.py")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    try:
+        data = sender.stdout.read()
+        assert data[:1] == b"S", sender.stderr.read().decode()  # the 800 kB array: out of band
+        got = subprocess.run([sys.executable, str(tmp_path / "receiver.py")], input=data,
+                             capture_output=True, timeout=60)
+    finally:
+        sender.stdin.close()
+        assert sender.wait(timeout=60) == 0
     assert got.returncode == 0, got.stderr.decode()
     assert got.stdout.decode().split() == [str(2 * float(sum(range(100_000)))), "7"]
 
