@@ -1,6 +1,6 @@
 # shoal — the two commands of the Quick start:
 #   make demo   install what is needed, build, run shoal's main job
-#   make test   the same set-up, then every test (C++: plain, ASan, TSan; Python)
+#   make test   the same set-up, then every test (C++: plain, ASan, TSan; fuzzers; Python)
 PYTHON  ?= python3
 VENV    := .venv
 PY      := $(VENV)/bin/python
@@ -9,12 +9,12 @@ CMAKE_COMMON := -G Ninja -DSHOAL_TESTS=ON -DSHOAL_PYTHON=OFF
 # In CI (CI=true) the extension is built with warnings as errors too.
 PIP_WERROR := $(if $(CI),-C cmake.define.SHOAL_WERROR=ON,)
 
-.PHONY: demo test setup system-deps venv install cpp-test asan tsan sanitize pytest bench fuzz clean
+.PHONY: demo test setup system-deps venv install cpp-test asan tsan sanitize pytest bench fuzz fuzz-smoke clean
 
 demo: install
 	$(VENV)/bin/shoal demo
 
-test: install cpp-test sanitize pytest
+test: install cpp-test sanitize fuzz-smoke pytest
 
 setup: install
 
@@ -63,6 +63,10 @@ fuzz: system-deps
 	CC=clang CXX=clang++ cmake -S . -B build/fuzz -G Ninja -DSHOAL_FUZZ=ON -DSHOAL_PYTHON=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo
 	cmake --build build/fuzz -j $(JOBS)
 	scripts/run-fuzzers.sh build/fuzz/fuzz $${FUZZ_SECONDS:-30}
+
+# A short fuzzing run of every target (part of make test); make fuzz runs longer.
+fuzz-smoke:
+	$(MAKE) fuzz FUZZ_SECONDS=10
 
 clean:
 	rm -rf build $(VENV)
