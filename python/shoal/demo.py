@@ -36,9 +36,35 @@ def calibrate(target_s: float = 1.0) -> int:
     return max(200, int(n * math.sqrt(target_s / max(dt, 1e-6))))
 
 
+def _row_blocks(n: int, workers: int) -> list[tuple[int, int, int]]:
+    """Row blocks of the grid: a few per worker, so that a slow core does not
+    hold everyone up, yet few enough that each task is long."""
+    blocks = max(1, min(n, 4 * workers))
+    edges = [n * k // blocks for k in range(blocks + 1)]
+    return [(n, edges[k], edges[k + 1]) for k in range(blocks)]
+
+
+def shoal_processes(n: int, workers: int) -> float:
+    """shoal.Pool over row blocks (pool start-up included in the time)."""
+    from .pool import Pool
+
+    with Pool(workers) as pool:
+        return sum(pool.starmap(integrate_rows, _row_blocks(n, workers)))
+
+
+def multiprocessing_pool(n: int, workers: int) -> float:
+    """multiprocessing.Pool, same split (pool start-up included in the time)."""
+    import multiprocessing
+
+    with multiprocessing.Pool(workers) as pool:
+        return sum(pool.starmap(integrate_rows, _row_blocks(n, workers)))
+
+
 # (label, function). Backends append their rows below.
 ROWS: list[tuple[str, Callable[[int, int], float]]] = [
     ("serial Python", serial),
+    ("shoal processes", shoal_processes),
+    ("multiprocessing.Pool", multiprocessing_pool),
 ]
 
 

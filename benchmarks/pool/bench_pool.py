@@ -1,0 +1,405 @@
+"""Issue 3's seven goals, shoal's process pool side by side with its peers
+(multiprocessing.Pool, concurrent.futures.ProcessPoolExecutor, joblib/loky),
+2 workers, in ONE run: medians of repeats, ratio vs the goal, PASS/FAIL.
+
+    python benchmarks/pool/bench_pool.py            # full sizes (a few minutes)
+    python benchmarks/pool/bench_pool.py --quick    # small sizes, smoke test
+    python benchmarks/pool/bench_pool.py --only 5   # one goal (or "1,3")
+
+Writes benchmarks/results/pool.json (or --json PATH). Pools are started and
+warmed outside the timed region except in goal 6, which times exactly that.
+Goal 5a's "cold segments" row empties shoal's segment recycler before each
+repeat (a first transfer); the main row lets it work (repeated transfers, as
+joblib reuses its memmap folder only within one call).
+The task functions live in this script's __main__, as a user's would: shoal
+sends them by value (cached), the fork-based peers inherit them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import gc
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+WORKERS = 2
+
+
+# ----------------------------------------------------------------- task bodies
+
+def f(x):
+    return x
+
+
+def chunk_sum(a):
+    return float(a.sum())
+
+
+def integrate_rows(n, begin, end):
+    """The course's loop (shoal.demo.integrate_rows), over rows [begin, end)."""
+    h = math.pi / n
+    s = 0.0
+    for i in range(begin, end):
+        x = h * (i + 0.5)
+        for j in range(n):
+            s += math.sin(x + h * (j + 0.5))
+    return s * h * h
+
+
+def integrate_block(args):
+    return integrate_rows(*args)
+
+
+# ------------------------------------------------------------------- machinery
+
+def median_time(fn: Callable[[], Any], repeats: int,
+                setup: Callable[[], Any] | None = None) -> float:
+    times = []
+    for _ in range(repeats):
+        if setup is not None:
+            setup()
+        gc.collect()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+class Unavailable(Exception):
+    pass
+
+
+def shoal_pool(workers: int = WORKERS):
+    try:
+        import shoal
+
+        return shoal.Pool(workers)
+    except (ImportError, AttributeError) as exc:
+        raise Unavailable(f"shoal.Pool: {type(exc).__name__}: {exc}") from exc
+
+
+def shoal_executor(workers: int = WORKERS):
+    try:
+        import shoal
+
+        return shoal.Executor(max_workers=workers)
+    except (ImportError, AttributeError) as exc:
+        raise Unavailable(f"shoal.Executor: {type(exc).__name__}: {exc}") from exc
+
+
+def mp_pool(workers: int = WORKERS):
+    return mp.get_context("fork").Pool(workers)
+
+
+def ppe(workers: int = WORKERS):
+    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork"))
+
+
+def close(pool: Any) -> None:
+    if hasattr(pool, "shutdown"):
+        pool.shutdown(wait=True)
+    else:
+        pool.close()
+        pool.join()
+
+
+def measure(label: str, make: Callable[[], Any] | None, body: Callable[[Any], Any],
+            repeats: int, warm: Callable[[Any], Any] | None = None,
+            setup: Callable[[], Any] | None = None) -> dict:
+    """Time body(pool) (median of repeats) with a pool made and warmed outside."""
+    pool = None
+    try:
+        pool = make() if make is not None else None
+        if warm is not None:
+            warm(pool)
+        t = median_time(lambda: body(pool), repeats, setup)
+        return {"label": label, "seconds": t}
+    except Unavailable as exc:
+        return {"label": label, "seconds": None, "error": str(exc)}
+    except Exception as exc:  # a peer that fails is reported, the run goes on
+        return {"label": label, "seconds": None, "error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        if pool is not None:
+            try:
+                close(pool)
+            except Exception:
+                pass
+
+
+def warm_map(pool: Any) -> None:
+    list(pool.map(f, range(4 * WORKERS)))
+
+
+def warm_submit(pool: Any) -> None:
+    [fut.result() for fut in [pool.submit(f, i) for i in range(4 * WORKERS)]]
+
+
+# ----------------------------------------------------------------------- goals
+# Each returns (rows, shoal_label, reference_label, ratio_kind, target, title).
+# ratio "speedup": reference_time / shoal_time must be >= target.
+
+def goal1(q: bool, r: int):
+    n = 20_000 if q else 200_000
+    body = lambda p: p.map(f, range(n), chunksize=1)  # noqa: E731
+    rows = [measure("shoal.Pool.map", shoal_pool, body, r, warm_map),
+            measure("multiprocessing.Pool.map", mp_pool, body, r, warm_map),
+            # about 50 s per run here: context only, one run
+            measure("ProcessPoolExecutor.map (1 run)", ppe,
+                    lambda p: list(p.map(f, range(n), chunksize=1)), 1, warm_submit)]
+    return (rows, "shoal.Pool.map", "multiprocessing.Pool.map", 10.0,
+            f"map(f, range({n:,}), chunksize=1)")
+
+
+def goal2(q: bool, r: int):
+    n = 2_000 if q else 20_000
+
+    def body(p):
+        futs = [p.submit(f, i) for i in range(n)]
+        return [x.result() for x in futs]
+
+    rows = [measure("shoal.Executor", shoal_executor, body, r, warm_submit),
+            measure("ProcessPoolExecutor", ppe, body, r, warm_submit),
+            measure("multiprocessing.Pool.apply_async", mp_pool,
+                    lambda p: [x.get() for x in [p.apply_async(f, (i,)) for i in range(n)]],
+                    r, warm_map)]
+    return (rows, "shoal.Executor", "ProcessPoolExecutor", 25.0,
+            f"{n:,} x submit(f, i), then all results")
+
+
+def goal3(q: bool, r: int):
+    n = 20_000 if q else 200_000
+    body = lambda p: p.map(f, range(n))  # noqa: E731
+    rows = [measure("shoal.Pool.map", shoal_pool, body, r, warm_map),
+            measure("multiprocessing.Pool.map", mp_pool, body, r, warm_map),
+            measure("ProcessPoolExecutor.map(chunksize=n/8)", ppe,
+                    lambda p: list(p.map(f, range(n), chunksize=n // (4 * WORKERS))), r,
+                    warm_submit),
+            measure("joblib(loky, batch_size=auto)", None, lambda p: _joblib(f, range(n)), r,
+                    lambda p: _joblib(f, range(8)))]
+    return (rows, "shoal.Pool.map", "multiprocessing.Pool.map", 1.5,
+            f"map(f, range({n:,})), automatic chunks")
+
+
+def _joblib(fn, items):
+    import joblib
+
+    return joblib.Parallel(n_jobs=WORKERS)(joblib.delayed(fn)(x) for x in items)
+
+
+def goal4(q: bool, r: int):
+    n = 200 if q else 2_000
+
+    def body(p):
+        for i in range(n):
+            p.submit(f, i).result()
+
+    rows = [measure("shoal.Executor", shoal_executor, body, r, warm_submit),
+            measure("ProcessPoolExecutor", ppe, body, r, warm_submit),
+            measure("multiprocessing.Pool.apply", mp_pool,
+                    lambda p: [p.apply(f, (i,)) for i in range(n)], r, warm_map)]
+    for row in rows:  # report one round trip
+        if row["seconds"] is not None:
+            row["seconds"] /= n
+    return (rows, "shoal.Executor", "ProcessPoolExecutor", 25.0,
+            "submit(f, i).result() one after another (time per round trip)")
+
+
+_BIG: dict = {}
+
+
+def _big_arrays(q: bool):
+    if "plain" not in _BIG:
+        nbytes = (32 if q else 512) * 2**20
+        a = np.random.default_rng(1).random(nbytes // 8)
+        _BIG["plain"] = a
+        _BIG["chunks"] = np.array_split(a, 8)
+        _BIG["expected"] = float(a.sum())
+    return _BIG
+
+
+def goal5a(q: bool, r: int):
+    big = _big_arrays(q)
+    chunks, expected = big["chunks"], big["expected"]
+
+    def body(p):
+        total = sum(p.map(chunk_sum, chunks, chunksize=1))
+        assert abs(total - expected) < 1e-6 * abs(expected), (total, expected)
+
+    def body_joblib(_):
+        total = sum(_joblib(chunk_sum, chunks))
+        assert abs(total - expected) < 1e-6 * abs(expected)
+
+    def cold():
+        # forget recycled segments: every transfer allocates and maps anew
+        from shoal import _serialize
+
+        _serialize.clear_segment_cache()
+
+    mib = big["plain"].nbytes // 2**20
+    rows = [measure("shoal.Pool.map (out of band)", shoal_pool, body, r, warm_map),
+            measure("shoal.Pool.map (out of band, cold segments)", shoal_pool, body, r, warm_map,
+                    setup=cold),
+            measure("joblib(loky, memmap)", None, body_joblib, r, lambda p: _joblib(f, range(8))),
+            measure("multiprocessing.Pool.map (pickled)", mp_pool, body, r, warm_map)]
+    return (rows, "shoal.Pool.map (out of band)", "joblib(loky, memmap)", 5.0,
+            f"sum 8 chunks of a plain {mib} MiB float64 array in workers")
+
+
+def goal5b(q: bool, r: int):
+    big = _big_arrays(q)
+    expected = big["expected"]
+    rows = []
+    try:
+        import shoal.shared
+
+        a = shoal.shared.copy(big["plain"])
+        m = a.size // 8
+        chunks = [a[i * m:(i + 1) * m if i < 7 else a.size] for i in range(8)]
+    except Exception as exc:
+        chunks = None
+        rows.append({"label": "shoal.Pool.map (shoal.shared)", "seconds": None,
+                     "error": f"{type(exc).__name__}: {exc}"})
+
+    def body(p):
+        total = sum(p.map(chunk_sum, chunks, chunksize=1))
+        assert abs(total - expected) < 1e-6 * abs(expected), (total, expected)
+
+    if chunks is not None:
+        # warm: each worker maps the segment once (cached) and, after a few
+        # passes, has page-table entries for all of it (a first touch costs
+        # ~45 ms per 512 MiB per process here), as in any iterative use
+        rows.append(measure("shoal.Pool.map (shoal.shared)", shoal_pool, body, r,
+                            lambda p: (warm_map(p), body(p), body(p), body(p))))
+    plain = big["plain"]
+    rows.append(measure("one process, a.sum()", None, lambda p: sum(float(c.sum()) for c in
+                                                                     np.array_split(plain, 8)), r))
+    mib = plain.nbytes // 2**20
+    return (rows, "shoal.Pool.map (shoal.shared)", "one process, a.sum()", 0.9,
+            f"sum 8 chunks of a {mib} MiB shoal.shared array in workers")
+
+
+def goal6(q: bool, r: int):
+    def up(make):
+        def body(_):
+            pool = make()
+            try:
+                pool.apply(f, (1,)) if hasattr(pool, "apply") else pool.submit(f, 1).result()
+            finally:
+                close(pool)
+        return body
+
+    # pool creation and first result are timed; the shutdown is included in
+    # both (a fork pool's join is quick) to keep them comparable.
+    rows = [measure("shoal.Pool", None, up(shoal_pool), max(r, 3)),
+            measure("multiprocessing.Pool (fork)", None, up(mp_pool), max(r, 3)),
+            measure("multiprocessing.Pool (spawn)", None,
+                    up(lambda: mp.get_context("spawn").Pool(WORKERS)), max(r, 3)),
+            measure("ProcessPoolExecutor (fork)", None, up(ppe), max(r, 3))]
+    return (rows, "shoal.Pool", "multiprocessing.Pool (fork)", 1.0,
+            "pool of 2 workers up, first result back (and shut down)")
+
+
+def goal7(q: bool, r: int):
+    # grid size for about 1.5 s serial here (0.3 s with --quick)
+    n0 = 200
+    t0 = time.perf_counter()
+    integrate_rows(n0, 0, n0)
+    dt = time.perf_counter() - t0
+    n = max(200, int(n0 * math.sqrt((0.3 if q else 1.5) / max(dt, 1e-6))))
+    blocks = 8 * WORKERS  # row blocks: enough to balance, few enough to be cheap
+    edges = [n * k // blocks for k in range(blocks + 1)]
+    tasks = [(n, edges[k], edges[k + 1]) for k in range(blocks)]
+
+    def body(p):
+        value = sum(p.map(integrate_block, tasks, chunksize=1))
+        assert abs(value) < 1e-6
+
+    rows = [measure("serial Python", None, lambda p: integrate_rows(n, 0, n), r),
+            measure("shoal.Pool.map", shoal_pool, body, r, warm_map),
+            measure("multiprocessing.Pool.map", mp_pool, body, r, warm_map)]
+    return (rows, "shoal.Pool.map", "serial Python", 1.9,
+            f"2D integration of sin(x+y), n = {n}, {blocks} row blocks")
+
+
+GOALS = {"1": goal1, "2": goal2, "3": goal3, "4": goal4, "5a": goal5a, "5b": goal5b,
+         "6": goal6, "7": goal7}
+
+
+def evaluate(key: str, result: tuple) -> dict:
+    rows, mine, ref, target, title = result
+    by = {row["label"]: row["seconds"] for row in rows}
+    ratio = None
+    if by.get(mine) and by.get(ref):
+        ratio = by[ref] / by[mine]
+    status = "n/a" if ratio is None else ("PASS" if ratio >= target else "FAIL")
+    return {"goal": key, "title": title, "shoal": mine, "reference": ref, "target": target,
+            "ratio": ratio, "status": status, "rows": rows}
+
+
+def print_goal(g: dict) -> None:
+    print(f"\nGoal {g['goal']}: {g['title']}")
+    ref = next((r["seconds"] for r in g["rows"] if r["label"] == g["reference"]), None)
+    for row in g["rows"]:
+        t = row["seconds"]
+        if t is None:
+            print(f"  {row['label']:<42} unavailable: {row.get('error', '')[:90]}")
+            continue
+        unit, scale = ("us", 1e6) if t < 1e-3 else ("ms", 1e3) if t < 1 else ("s", 1.0)
+        rel = f"{ref / t:8.2f}x" if ref else ""
+        print(f"  {row['label']:<42} {t * scale:10.3f} {unit:<2} {rel}")
+    ratio = "-" if g["ratio"] is None else f"{g['ratio']:.2f}x"
+    print(f"  => shoal vs {g['reference']}: {ratio} (goal >= {g['target']}x)  {g['status']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    ap.add_argument("--only", help="goals to run, e.g. 5 or 1,3 or 5a")
+    ap.add_argument("--repeats", type=int, default=None, help="repeats per row (median)")
+    ap.add_argument("--json", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                   "..", "results", "pool.json"))
+    args = ap.parse_args(argv)
+    repeats = args.repeats or (1 if args.quick else 3)
+    keys = list(GOALS)
+    if args.only:
+        wanted = [w.strip() for w in args.only.split(",")]
+        keys = [k for k in GOALS if k in wanted or k.rstrip("ab") in wanted]
+        if not keys:
+            ap.error(f"--only {args.only}: no such goal (have {', '.join(GOALS)})")
+    print(f"shoal pool benchmarks: {WORKERS} workers, median of {repeats}, "
+          f"{'quick' if args.quick else 'full'} sizes, {os.cpu_count()} CPUs visible, "
+          f"Python {platform.python_version()}")
+    goals = []
+    for k in keys:
+        g = evaluate(k, GOALS[k](args.quick, repeats))
+        print_goal(g)
+        goals.append(g)
+    print("\nSummary")
+    print(f"  {'goal':<5} {'what':<62} {'ratio':>8} {'target':>7}  status")
+    for g in goals:
+        ratio = "-" if g["ratio"] is None else f"{g['ratio']:.2f}x"
+        print(f"  {g['goal']:<5} {g['title'][:62]:<62} {ratio:>8} {g['target']:>6}x  {g['status']}")
+    out = os.path.abspath(args.json)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as fh:
+        json.dump({"command": " ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:])),
+                   "quick": args.quick, "repeats": repeats, "workers": WORKERS,
+                   "cpus": os.cpu_count(), "python": platform.python_version(),
+                   "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                   "goals": goals}, fh, indent=2)
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
