@@ -413,8 +413,20 @@ class _Engine:
                 s.tasks[tid] = task
                 if s.budget is not None:
                     s.budget -= 1
-            elif self.backlog or not self._place([task]):
+            elif self.backlog:
                 self.backlog.append(task)
+            else:
+                try:
+                    placed = self._place([task])
+                except BaseException:
+                    # e.g. OSError(ENOSPC) from a full /dev/shm for a big
+                    # argument: the caller gets it, and no task is left
+                    # behind for shutdown(wait=True) to wait on forever.
+                    del self.tasks[tid]
+                    self.timed.discard(tid)
+                    raise
+                if not placed:
+                    self.backlog.append(task)
             if self.timed:
                 self.chan.ring_doorbell()  # the collector recomputes its wake-up time
         return fut
@@ -537,8 +549,10 @@ class _Engine:
                     t.job.done.append(t.index)
             return not good or self._place(good)
 
-    def _flush_backlog(self) -> None:
+    def _flush_backlog(self, done: list) -> None:
         # Caller holds the lock. Groups consecutive tasks of one kind and fn.
+        # A group that cannot be placed for good (e.g. OSError from a full
+        # /dev/shm) fails into `done`, finished by the caller after the lock.
         backlog = self.backlog
         while backlog:
             first = backlog[0]
@@ -558,7 +572,15 @@ class _Engine:
                 cut = max(1, s.budget)
                 backlog.extendleft(reversed(group[cut:]))
                 group = group[:cut]
-            if not self._place_checked(group):
+            try:
+                placed = self._place_checked(group)
+            except Exception as exc:  # noqa: BLE001 - the tasks' callers get it
+                for t in group:
+                    if t.id in self.tasks:
+                        self.timed.discard(t.id)
+                        self._fail(t, exc, done)
+                continue
+            if not placed:
                 backlog.extendleft(reversed(group))
                 return
 
@@ -820,7 +842,7 @@ class _Engine:
             if self.timed:
                 self._check_time_limits()
             if self.backlog:
-                self._flush_backlog()
+                self._flush_backlog(done)
         if fast:
             self._finish_values(fast)
         if done:
