@@ -48,7 +48,8 @@ import types
 import weakref
 from collections import OrderedDict, deque
 from concurrent.futures import CancelledError, Future, InvalidStateError
-from concurrent.futures._base import FINISHED as _FINISHED, PENDING as _F_PENDING, RUNNING as _RUNNING
+from concurrent.futures._base import (CANCELLED as _CANCELLED, FINISHED as _FINISHED,
+                                      PENDING as _F_PENDING, RUNNING as _RUNNING)
 from typing import Any, Callable, Iterable, Iterator
 
 from . import _serialize
@@ -68,6 +69,12 @@ _FN_CACHE_SIZE = 256
 RING_BYTES = 1 << 20
 #: how long a thread waiting for a result spins before sleeping on the futex
 SPIN_US = float(os.environ.get("SHOAL_DRIVER_SPIN_US", "50"))
+#: Call frames (submit/apply tasks) in flight per worker; the rest wait in the
+#: driver's backlog with PENDING futures, so that Future.cancel() and
+#: shutdown(cancel_futures=True) can still stop them (CPython's
+#: EXTRA_QUEUED_CALLS idea). Deep enough that a worker does not idle while
+#: the driver refills its ring. Map items (Batch frames) are not bounded.
+CALL_DEPTH = max(1, int(os.environ.get("SHOAL_CALL_DEPTH", "8")))
 #: starts in a row that die before the worker is ready: the pool is broken
 _MAX_EARLY_DEATHS = 3
 
@@ -138,7 +145,9 @@ class ProcessFuture(Future):
 
     def __init__(self, engine: "_Engine") -> None:  # noqa: D107 - see class doc
         self._condition = engine.future_cond
-        self._state = _F_PENDING  # RUNNING once its frame is on a worker's ring
+        # PENDING while in the driver's backlog (cancellable), RUNNING once its
+        # frame is on a worker's ring (at most CALL_DEPTH per worker).
+        self._state = _F_PENDING
         self._result = None
         self._exception = None
         self._waiters = []
@@ -151,6 +160,19 @@ class ProcessFuture(Future):
         if not self.done() and not self._engine.wait_until(self.done, timeout):
             raise TimeoutError()
         return super().result(timeout=0)
+
+    def cancel(self) -> bool:
+        if not super().cancel():
+            return False
+        # Still in the backlog: the engine drops the task now (not when the
+        # backlog reaches it), and wait()/as_completed() count it done at once.
+        self._engine.forget(self)
+        if self._state is _CANCELLED:
+            try:
+                self.set_running_or_notify_cancel()
+            except RuntimeError:  # another thread's cancel() notified first
+                pass
+        return True
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         if not self.done() and not self._engine.wait_until(self.done, timeout):
@@ -405,6 +427,7 @@ class _Engine:
             # to the least-loaded worker that already has the function.
             s = self._pick_slot() if len(self.slots) > 1 else self.slots[0]
             if (s is not None and not self.backlog and fn_id in s.sent_fns
+                    and len(s.tasks) < CALL_DEPTH
                     and (s.budget is None or s.budget > 0)
                     and len(data) <= self.limit
                     and self.chan.push_task(s.index, tid, CALL, 0, data)):
@@ -498,6 +521,8 @@ class _Engine:
             return False
         if s.budget is not None and s.budget < len(tasks):
             return False
+        if tasks[0].data is not None and len(s.tasks) >= CALL_DEPTH:
+            return False  # Calls wait PENDING in the backlog (cancellable)
         frames, owners = self._frames_for(s, tasks)
         n = self.chan.push_tasks(s.index, frames)
         if n < len(frames):
@@ -1042,6 +1067,18 @@ class _Engine:
             if current == tid and now - started > task.timeout_ns:
                 task.kill_reason = "timeout"
                 self.sup.signal(self.slots[task.slot].pid, _signal.SIGKILL)
+
+    def forget(self, fut: Future) -> None:
+        """A backlogged task's Future was cancelled: nothing will run it (the
+        backlog skips tasks no longer in self.tasks). Lock not held."""
+        task = getattr(fut, "_shoal_task", None)
+        if task is None:
+            return
+        with self.lock:
+            if task.slot < 0 and self.tasks.get(task.id) is task:
+                del self.tasks[task.id]
+                self.timed.discard(task.id)
+                task.keep = None
 
     def cancel_running(self, fut: Future) -> bool:
         task = getattr(fut, "_shoal_task", None)

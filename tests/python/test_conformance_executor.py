@@ -185,7 +185,6 @@ def test_shutdown_without_wait_lets_running_work_finish(backend, tmp_path):
 
 
 def test_shutdown_cancel_futures_cancels_pending_and_finishes_running(backend, tmp_path, request):
-    xfail_for(request, {"processes"}, QUEUED_IS_RUNNING)
     g = str(tmp_path / "g")
     e = shoal.Executor(1, backend=backend)
     try:
@@ -350,7 +349,6 @@ def test_cancel_a_running_future_returns_false(ex, tmp_path):
 
 
 def test_cancel_a_pending_future_returns_true(backend, tmp_path, request):
-    xfail_for(request, {"processes"}, QUEUED_IS_RUNNING)
     g = str(tmp_path / "g")
     e = shoal.Executor(1, backend=backend)
     try:
