@@ -386,6 +386,7 @@ class _Engine:
                timeout: float | None) -> Future:
         # The hot path of Executor.submit: every line here costs per task.
         fut = ProcessFuture(self)
+        collect = False
         with self.lock:
             if self.broken is not None or self.closing:
                 self._check_open()
@@ -438,6 +439,7 @@ class _Engine:
                     s.budget -= 1
             elif self.backlog:
                 self.backlog.append(task)
+                collect = not tid & 3
             else:
                 try:
                     placed = self._place([task])
@@ -452,6 +454,11 @@ class _Engine:
                     self.backlog.append(task)
             if self.timed:
                 self.chan.ring_doorbell()  # the collector recomputes its wake-up time
+        if collect:
+            # The workers' rings hold only CALL_DEPTH tasks each: a thread
+            # submitting many collects (and so refills) now and then itself,
+            # or the workers would idle until the collector's next pass.
+            self.run_pass()
         return fut
 
     def _pick_slot(self) -> _Slot | None:
@@ -574,6 +581,60 @@ class _Engine:
                     t.job.done.append(t.index)
             return not good or self._place(good)
 
+    def _refill_calls(self) -> bool:
+        """The backlog's fast path for submit(): fills the least-loaded
+        worker's free Call depth with one push, for Calls whose function that
+        worker has. True if it took anything off the backlog. Lock held."""
+        backlog, tasks, limit = self.backlog, self.tasks, self.limit
+        s = self._pick_slot()
+        if s is None:
+            return False
+        room = CALL_DEPTH - len(s.tasks)
+        if s.budget is not None:
+            room = min(room, s.budget)
+        if room <= 0:
+            return False
+        batch = []
+        skipped = 0
+        sent = s.sent_fns
+        # RUNNING is set before the push, under the futures' condition: a
+        # cancel() racing with it either wins (the task is skipped here) or
+        # sees RUNNING (and returns False, as the task will run).
+        with self.future_cond:
+            while backlog and len(batch) < room:
+                t = backlog[0]
+                if tasks.get(t.id) is not t:
+                    backlog.popleft()  # cancelled (forget) or failed meanwhile
+                    skipped += 1
+                    continue
+                fut = t.future
+                if fut is None or t.data is None or t.fn_id not in sent or len(t.data) > limit:
+                    break  # the general path below handles it
+                backlog.popleft()
+                if fut._state is not _F_PENDING:  # cancelled, forget() not yet run
+                    del tasks[t.id]
+                    self.timed.discard(t.id)
+                    skipped += 1
+                    continue
+                fut._state = _RUNNING
+                batch.append(t)
+        if not batch:
+            return skipped > 0
+        n = self.chan.push_tasks(s.index, [(t.id, CALL, 0, t.data) for t in batch])
+        idx, st = s.index, s.tasks
+        for t in batch[:n]:
+            t.slot = idx
+            st[t.id] = t
+        if s.budget is not None:
+            s.budget -= n
+        if n < len(batch):  # ring full: the rest stays queued (and cancellable)
+            rest = batch[n:]
+            with self.future_cond:
+                for t in rest:
+                    t.future._state = _F_PENDING
+            backlog.extendleft(reversed(rest))
+        return n > 0 or skipped > 0
+
     def _flush_backlog(self, done: list) -> None:
         # Caller holds the lock. Groups consecutive tasks of one kind and fn.
         # A group that cannot be placed for good (e.g. OSError from a full
@@ -581,6 +642,8 @@ class _Engine:
         backlog = self.backlog
         while backlog:
             first = backlog[0]
+            if first.future is not None and self._refill_calls():
+                continue
             if first.id not in self.tasks or (first.future is not None
                                               and first.future.cancelled()):
                 backlog.popleft()  # completed or cancelled meanwhile
@@ -611,9 +674,12 @@ class _Engine:
 
     # ------------------------------------------------------------ map
     def map(self, fn: Callable, iterable: Iterable, chunksize: int | None, ordered: bool,
-            timeout: float | None, *, chunks: bool = False) -> Iterator[Any]:
+            timeout: float | None, *, chunks: bool = False,
+            eager: bool = False) -> Iterator[Any]:
         """Iterator over fn(x) for x in iterable; with chunks=True over lists
-        of results (one per task: saves a generator step per item)."""
+        of results (one per task: saves a generator step per item). eager:
+        every item is submitted before this returns (Executor.map), instead
+        of a window refilled as results are taken."""
         from ._mapping import auto_chunksize, chunked, run_chunk
 
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -647,6 +713,21 @@ class _Engine:
         with self.lock:
             self._check_open()
             fn_id = self._fn_id(task_fn, chunked=chunksize > 1)
+        if eager:
+            try:
+                while True:
+                    items = list(itertools.islice(units, per_frame))
+                    if not items:
+                        break
+                    self._map_submit(job, fn_id, name, items)
+            except BaseException:
+                job.cancelled = True
+                with self.lock:
+                    self.backlog = deque(t for t in self.backlog if t.job is not job)
+                    for t in [t for t in self.tasks.values() if t.job is job]:
+                        del self.tasks[t.id]
+                        self.timed.discard(t.id)
+                raise
         return self._map_iter(job, fn_id, name, units, per_frame, window, deadline,
                               chunksize > 1, chunks)
 
@@ -1243,6 +1324,12 @@ class ProcessBackend(Backend):
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
         return self._engine.map(fn, iterable, chunksize, ordered, timeout)
+
+    def map_eager(self, fn: Callable, items: list, *, chunksize: int | None = None,
+                  timeout: float | None = None) -> Iterator[Any]:
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        return self._engine.map(fn, items, chunksize, True, timeout, eager=True)
 
     def map_list(self, fn: Callable, iterable: Iterable, *,
                  chunksize: int | None = None) -> list:

@@ -160,7 +160,6 @@ def _id_or_raise(x):
 
 
 def test_map_submits_eagerly_so_unconsumed_work_still_runs(backend, tmp_path, request):
-    xfail_for(request, {"processes", "threads"}, LAZY_MAP)
     # concurrent.futures submits every item when map() is called: code that
     # calls ex.map(f, items) for side effects and never iterates relies on it.
     paths = [str(tmp_path / f"f{i}") for i in range(6)]
