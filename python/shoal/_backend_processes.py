@@ -64,6 +64,8 @@ INDIRECT = 1
 _PENDING = object()
 _SCALARS = frozenset({int, float, bool, str, bytes, complex, type(None)})
 _pickle_dumps = pickle.dumps
+_pickle_loads = pickle.loads
+_OOB_MARKER = _serialize._OOB_MARKER
 _FN_CACHE_SIZE = 256
 #: per-ring bytes (each worker has a task ring and a result ring)
 RING_BYTES = 1 << 20
@@ -426,8 +428,10 @@ class _Engine:
             self.tasks[tid] = task
             # Fast path (every task after the first of a function): one frame
             # to the least-loaded worker that already has the function.
-            s = self._pick_slot() if len(self.slots) > 1 else self.slots[0]
-            if (s is not None and not self.backlog and fn_id in s.sent_fns
+            backlog = self.backlog
+            s = None if backlog else (
+                self._pick_slot() if len(self.slots) > 1 else self.slots[0])
+            if (s is not None and fn_id in s.sent_fns
                     and len(s.tasks) < CALL_DEPTH
                     and (s.budget is None or s.budget > 0)
                     and len(data) <= self.limit
@@ -437,8 +441,8 @@ class _Engine:
                 s.tasks[tid] = task
                 if s.budget is not None:
                     s.budget -= 1
-            elif self.backlog:
-                self.backlog.append(task)
+            elif backlog:
+                backlog.append(task)
                 collect = not tid & 3
             else:
                 try:
@@ -595,6 +599,7 @@ class _Engine:
         if room <= 0:
             return False
         batch = []
+        fresh = []  # the ones made RUNNING here
         skipped = 0
         sent = s.sent_fns
         # RUNNING is set before the push, under the futures' condition: a
@@ -611,12 +616,16 @@ class _Engine:
                 if fut is None or t.data is None or t.fn_id not in sent or len(t.data) > limit:
                     break  # the general path below handles it
                 backlog.popleft()
-                if fut._state is not _F_PENDING:  # cancelled, forget() not yet run
+                state = fut._state
+                if state is _F_PENDING:
+                    fut._state = _RUNNING
+                    fresh.append(t)
+                elif state is not _RUNNING:  # cancelled, forget() not yet run
                     del tasks[t.id]
                     self.timed.discard(t.id)
                     skipped += 1
                     continue
-                fut._state = _RUNNING
+                # (RUNNING: requeued from a dead worker; it stays RUNNING)
                 batch.append(t)
         if not batch:
             return skipped > 0
@@ -630,8 +639,9 @@ class _Engine:
         if n < len(batch):  # ring full: the rest stays queued (and cancellable)
             rest = batch[n:]
             with self.future_cond:
-                for t in rest:
-                    t.future._state = _F_PENDING
+                for t in fresh:
+                    if t in rest:
+                        t.future._state = _F_PENDING
             backlog.extendleft(reversed(rest))
         return n > 0 or skipped > 0
 
@@ -982,11 +992,15 @@ class _Engine:
         directly; Futures all under one acquisition of their shared condition
         with one notify_all, callbacks after it."""
         loads = _serialize.loads
+        plain = _serialize._tracker is None  # no shoal.shared array to adopt
         futs = []
         for task, data in fast:
             task.keep = None
             try:
-                value = loads(data, adopt=True)
+                if plain and data[0] != _OOB_MARKER and b"shoal.shared" not in data:
+                    value = _pickle_loads(data)  # what loads() does for it, minus 2 calls
+                else:
+                    value = loads(data, adopt=True)
             except BaseException as exc:  # noqa: BLE001
                 self._deliver_exc(task, SerializationError(
                     f"the result of task {task.id} ({_task_name(task)}) could not be loaded: "
