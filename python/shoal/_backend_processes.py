@@ -74,9 +74,13 @@ SPIN_US = float(os.environ.get("SHOAL_DRIVER_SPIN_US", "50"))
 #: Call frames (submit/apply tasks) in flight per worker; the rest wait in the
 #: driver's backlog with PENDING futures, so that Future.cancel() and
 #: shutdown(cancel_futures=True) can still stop them (CPython's
-#: EXTRA_QUEUED_CALLS idea). Deep enough that a worker does not idle while
-#: the driver refills its ring. Map items (Batch frames) are not bounded.
+#: EXTRA_QUEUED_CALLS idea). Map items (Batch frames) are not bounded.
 CALL_DEPTH = max(1, int(os.environ.get("SHOAL_CALL_DEPTH", "8")))
+#: ... except for a worker that returned a result within the last HOT_S
+#: seconds: it streams short tasks, and 8 would starve it between the
+#: driver's refills; its queued tasks all start within milliseconds.
+CALL_DEPTH_HOT = max(CALL_DEPTH, int(os.environ.get("SHOAL_CALL_DEPTH_HOT", "64")))
+HOT_S = 0.002
 #: starts in a row that die before the worker is ready: the pool is broken
 _MAX_EARLY_DEATHS = 3
 
@@ -123,7 +127,8 @@ class _MapJob:
 
 
 class _Slot:
-    __slots__ = ("index", "pid", "tasks", "sent_fns", "ready", "budget", "early_deaths")
+    __slots__ = ("index", "pid", "tasks", "sent_fns", "ready", "budget", "early_deaths",
+                 "last_result")
 
     def __init__(self, index: int, budget: int | None) -> None:
         self.index = index
@@ -133,6 +138,7 @@ class _Slot:
         self.ready = False
         self.budget = budget
         self.early_deaths = 0
+        self.last_result = 0.0  # time.monotonic() of its last task result
 
 
 class ProcessFuture(Future):
@@ -326,6 +332,7 @@ class _Engine:
         s.sent_fns = set()
         s.ready = False
         s.budget = self.max_tasks
+        s.last_result = 0.0
         s.pid = 0
         s.pid = self.sup.spawn(s.index, self.argv_base + ["--slot", str(s.index)], self.env,
                                self.chan.fd)
@@ -432,7 +439,7 @@ class _Engine:
             s = None if backlog else (
                 self._pick_slot() if len(self.slots) > 1 else self.slots[0])
             if (s is not None and fn_id in s.sent_fns
-                    and len(s.tasks) < CALL_DEPTH
+                    and (len(s.tasks) < CALL_DEPTH or self._room(s) > 0)
                     and (s.budget is None or s.budget > 0)
                     and len(data) <= self.limit
                     and self.chan.push_task(s.index, tid, CALL, 0, data)):
@@ -532,7 +539,7 @@ class _Engine:
             return False
         if s.budget is not None and s.budget < len(tasks):
             return False
-        if tasks[0].data is not None and len(s.tasks) >= CALL_DEPTH:
+        if tasks[0].data is not None and self._room(s) <= 0:
             return False  # Calls wait PENDING in the backlog (cancellable)
         frames, owners = self._frames_for(s, tasks)
         n = self.chan.push_tasks(s.index, frames)
@@ -585,6 +592,13 @@ class _Engine:
                     t.job.done.append(t.index)
             return not good or self._place(good)
 
+    @staticmethod
+    def _room(s: _Slot) -> int:
+        """How many more Call frames slot s may have in flight now."""
+        if time.monotonic() - s.last_result < HOT_S:
+            return CALL_DEPTH_HOT - len(s.tasks)
+        return CALL_DEPTH - len(s.tasks)
+
     def _refill_calls(self) -> bool:
         """The backlog's fast path for submit(): fills the least-loaded
         worker's free Call depth with one push, for Calls whose function that
@@ -593,7 +607,7 @@ class _Engine:
         s = self._pick_slot()
         if s is None:
             return False
-        room = CALL_DEPTH - len(s.tasks)
+        room = self._room(s)
         if s.budget is not None:
             room = min(room, s.budget)
         if room <= 0:
@@ -940,6 +954,7 @@ class _Engine:
             if frames:
                 tasks = self.tasks
                 slots = self.slots
+                now = time.monotonic()
                 for frame in frames:
                     slot, tid, kind, flags, data = frame
                     if tid == 0:
@@ -948,7 +963,9 @@ class _Engine:
                     task = tasks.pop(tid, None)
                     if task is None:
                         continue  # cancelled or abandoned meanwhile
-                    del slots[slot].tasks[tid]
+                    s = slots[slot]
+                    del s.tasks[tid]
+                    s.last_result = now
                     if kind == RESULT and not flags and not task.timeout_ns:
                         fast.append((task, data))  # the common case, see below
                     else:
