@@ -50,6 +50,17 @@ class Backend(abc.ABC):
         return map_via_submit(self, fn, iterable, chunksize=chunksize, ordered=ordered,
                               timeout=timeout)
 
+    def map_eager(self, fn: Callable, items: list, *, chunksize: int | None = None,
+                  timeout: float | None = None) -> Iterator[Any]:
+        """Submit every item before returning (``concurrent.futures``'
+        ``Executor.map`` contract: work runs even if nobody iterates) and
+        return an iterator over the results in order; ``timeout`` counts from
+        this call. The default sends chunks through :meth:`submit`."""
+        from ._mapping import map_via_submit
+
+        return map_via_submit(self, fn, items, chunksize=chunksize, ordered=True,
+                              timeout=timeout, eager=True)
+
     def cancel_running(self, future: Future) -> bool:
         """Stop a task that is already running (for processes: kill and replace
         its worker). Returns True if it was stopped. Default: cannot."""

@@ -48,7 +48,8 @@ import types
 import weakref
 from collections import OrderedDict, deque
 from concurrent.futures import CancelledError, Future, InvalidStateError
-from concurrent.futures._base import FINISHED as _FINISHED, PENDING as _F_PENDING, RUNNING as _RUNNING
+from concurrent.futures._base import (CANCELLED as _CANCELLED, FINISHED as _FINISHED,
+                                      PENDING as _F_PENDING, RUNNING as _RUNNING)
 from typing import Any, Callable, Iterable, Iterator
 
 from . import _serialize
@@ -63,11 +64,23 @@ INDIRECT = 1
 _PENDING = object()
 _SCALARS = frozenset({int, float, bool, str, bytes, complex, type(None)})
 _pickle_dumps = pickle.dumps
+_pickle_loads = pickle.loads
+_OOB_MARKER = _serialize._OOB_MARKER
 _FN_CACHE_SIZE = 256
 #: per-ring bytes (each worker has a task ring and a result ring)
 RING_BYTES = 1 << 20
 #: how long a thread waiting for a result spins before sleeping on the futex
 SPIN_US = float(os.environ.get("SHOAL_DRIVER_SPIN_US", "50"))
+#: Call frames (submit/apply tasks) in flight per worker; the rest wait in the
+#: driver's backlog with PENDING futures, so that Future.cancel() and
+#: shutdown(cancel_futures=True) can still stop them (CPython's
+#: EXTRA_QUEUED_CALLS idea). Map items (Batch frames) are not bounded.
+CALL_DEPTH = max(1, int(os.environ.get("SHOAL_CALL_DEPTH", "8")))
+#: ... except for a worker that returned a result within the last HOT_S
+#: seconds: it streams short tasks, and 8 would starve it between the
+#: driver's refills; its queued tasks all start within milliseconds.
+CALL_DEPTH_HOT = max(CALL_DEPTH, int(os.environ.get("SHOAL_CALL_DEPTH_HOT", "64")))
+HOT_S = 0.002
 #: starts in a row that die before the worker is ready: the pool is broken
 _MAX_EARLY_DEATHS = 3
 
@@ -114,7 +127,8 @@ class _MapJob:
 
 
 class _Slot:
-    __slots__ = ("index", "pid", "tasks", "sent_fns", "ready", "budget", "early_deaths")
+    __slots__ = ("index", "pid", "tasks", "sent_fns", "ready", "budget", "early_deaths",
+                 "last_result")
 
     def __init__(self, index: int, budget: int | None) -> None:
         self.index = index
@@ -124,6 +138,7 @@ class _Slot:
         self.ready = False
         self.budget = budget
         self.early_deaths = 0
+        self.last_result = 0.0  # time.monotonic() of its last task result
 
 
 class ProcessFuture(Future):
@@ -138,7 +153,9 @@ class ProcessFuture(Future):
 
     def __init__(self, engine: "_Engine") -> None:  # noqa: D107 - see class doc
         self._condition = engine.future_cond
-        self._state = _F_PENDING  # RUNNING once its frame is on a worker's ring
+        # PENDING while in the driver's backlog (cancellable), RUNNING once its
+        # frame is on a worker's ring (at most CALL_DEPTH per worker).
+        self._state = _F_PENDING
         self._result = None
         self._exception = None
         self._waiters = []
@@ -151,6 +168,19 @@ class ProcessFuture(Future):
         if not self.done() and not self._engine.wait_until(self.done, timeout):
             raise TimeoutError()
         return super().result(timeout=0)
+
+    def cancel(self) -> bool:
+        if not super().cancel():
+            return False
+        # Still in the backlog: the engine drops the task now (not when the
+        # backlog reaches it), and wait()/as_completed() count it done at once.
+        self._engine.forget(self)
+        if self._state is _CANCELLED:
+            try:
+                self.set_running_or_notify_cancel()
+            except RuntimeError:  # another thread's cancel() notified first
+                pass
+        return True
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         if not self.done() and not self._engine.wait_until(self.done, timeout):
@@ -302,6 +332,7 @@ class _Engine:
         s.sent_fns = set()
         s.ready = False
         s.budget = self.max_tasks
+        s.last_result = 0.0
         s.pid = 0
         s.pid = self.sup.spawn(s.index, self.argv_base + ["--slot", str(s.index)], self.env,
                                self.chan.fd)
@@ -364,6 +395,7 @@ class _Engine:
                timeout: float | None) -> Future:
         # The hot path of Executor.submit: every line here costs per task.
         fut = ProcessFuture(self)
+        collect = False
         with self.lock:
             if self.broken is not None or self.closing:
                 self._check_open()
@@ -403,8 +435,11 @@ class _Engine:
             self.tasks[tid] = task
             # Fast path (every task after the first of a function): one frame
             # to the least-loaded worker that already has the function.
-            s = self._pick_slot() if len(self.slots) > 1 else self.slots[0]
-            if (s is not None and not self.backlog and fn_id in s.sent_fns
+            backlog = self.backlog
+            s = None if backlog else (
+                self._pick_slot() if len(self.slots) > 1 else self.slots[0])
+            if (s is not None and fn_id in s.sent_fns
+                    and (len(s.tasks) < CALL_DEPTH or self._room(s) > 0)
                     and (s.budget is None or s.budget > 0)
                     and len(data) <= self.limit
                     and self.chan.push_task(s.index, tid, CALL, 0, data)):
@@ -413,10 +448,28 @@ class _Engine:
                 s.tasks[tid] = task
                 if s.budget is not None:
                     s.budget -= 1
-            elif self.backlog or not self._place([task]):
-                self.backlog.append(task)
+            elif backlog:
+                backlog.append(task)
+                collect = not tid & 3
+            else:
+                try:
+                    placed = self._place([task])
+                except BaseException:
+                    # e.g. OSError(ENOSPC) from a full /dev/shm for a big
+                    # argument: the caller gets it, and no task is left
+                    # behind for shutdown(wait=True) to wait on forever.
+                    del self.tasks[tid]
+                    self.timed.discard(tid)
+                    raise
+                if not placed:
+                    self.backlog.append(task)
             if self.timed:
                 self.chan.ring_doorbell()  # the collector recomputes its wake-up time
+        if collect:
+            # The workers' rings hold only CALL_DEPTH tasks each: a thread
+            # submitting many collects (and so refills) now and then itself,
+            # or the workers would idle until the collector's next pass.
+            self.run_pass()
         return fut
 
     def _pick_slot(self) -> _Slot | None:
@@ -486,6 +539,8 @@ class _Engine:
             return False
         if s.budget is not None and s.budget < len(tasks):
             return False
+        if tasks[0].data is not None and self._room(s) <= 0:
+            return False  # Calls wait PENDING in the backlog (cancellable)
         frames, owners = self._frames_for(s, tasks)
         n = self.chan.push_tasks(s.index, frames)
         if n < len(frames):
@@ -537,11 +592,82 @@ class _Engine:
                     t.job.done.append(t.index)
             return not good or self._place(good)
 
-    def _flush_backlog(self) -> None:
+    @staticmethod
+    def _room(s: _Slot) -> int:
+        """How many more Call frames slot s may have in flight now."""
+        if time.monotonic() - s.last_result < HOT_S:
+            return CALL_DEPTH_HOT - len(s.tasks)
+        return CALL_DEPTH - len(s.tasks)
+
+    def _refill_calls(self) -> bool:
+        """The backlog's fast path for submit(): fills the least-loaded
+        worker's free Call depth with one push, for Calls whose function that
+        worker has. True if it took anything off the backlog. Lock held."""
+        backlog, tasks, limit = self.backlog, self.tasks, self.limit
+        s = self._pick_slot()
+        if s is None:
+            return False
+        room = self._room(s)
+        if s.budget is not None:
+            room = min(room, s.budget)
+        if room <= 0:
+            return False
+        batch = []
+        fresh = []  # the ones made RUNNING here
+        skipped = 0
+        sent = s.sent_fns
+        # RUNNING is set before the push, under the futures' condition: a
+        # cancel() racing with it either wins (the task is skipped here) or
+        # sees RUNNING (and returns False, as the task will run).
+        with self.future_cond:
+            while backlog and len(batch) < room:
+                t = backlog[0]
+                if tasks.get(t.id) is not t:
+                    backlog.popleft()  # cancelled (forget) or failed meanwhile
+                    skipped += 1
+                    continue
+                fut = t.future
+                if fut is None or t.data is None or t.fn_id not in sent or len(t.data) > limit:
+                    break  # the general path below handles it
+                backlog.popleft()
+                state = fut._state
+                if state is _F_PENDING:
+                    fut._state = _RUNNING
+                    fresh.append(t)
+                elif state is not _RUNNING:  # cancelled, forget() not yet run
+                    del tasks[t.id]
+                    self.timed.discard(t.id)
+                    skipped += 1
+                    continue
+                # (RUNNING: requeued from a dead worker; it stays RUNNING)
+                batch.append(t)
+        if not batch:
+            return skipped > 0
+        n = self.chan.push_tasks(s.index, [(t.id, CALL, 0, t.data) for t in batch])
+        idx, st = s.index, s.tasks
+        for t in batch[:n]:
+            t.slot = idx
+            st[t.id] = t
+        if s.budget is not None:
+            s.budget -= n
+        if n < len(batch):  # ring full: the rest stays queued (and cancellable)
+            rest = batch[n:]
+            with self.future_cond:
+                for t in fresh:
+                    if t in rest:
+                        t.future._state = _F_PENDING
+            backlog.extendleft(reversed(rest))
+        return n > 0 or skipped > 0
+
+    def _flush_backlog(self, done: list) -> None:
         # Caller holds the lock. Groups consecutive tasks of one kind and fn.
+        # A group that cannot be placed for good (e.g. OSError from a full
+        # /dev/shm) fails into `done`, finished by the caller after the lock.
         backlog = self.backlog
         while backlog:
             first = backlog[0]
+            if first.future is not None and self._refill_calls():
+                continue
             if first.id not in self.tasks or (first.future is not None
                                               and first.future.cancelled()):
                 backlog.popleft()  # completed or cancelled meanwhile
@@ -558,15 +684,26 @@ class _Engine:
                 cut = max(1, s.budget)
                 backlog.extendleft(reversed(group[cut:]))
                 group = group[:cut]
-            if not self._place_checked(group):
+            try:
+                placed = self._place_checked(group)
+            except Exception as exc:  # noqa: BLE001 - the tasks' callers get it
+                for t in group:
+                    if t.id in self.tasks:
+                        self.timed.discard(t.id)
+                        self._fail(t, exc, done)
+                continue
+            if not placed:
                 backlog.extendleft(reversed(group))
                 return
 
     # ------------------------------------------------------------ map
     def map(self, fn: Callable, iterable: Iterable, chunksize: int | None, ordered: bool,
-            timeout: float | None, *, chunks: bool = False) -> Iterator[Any]:
+            timeout: float | None, *, chunks: bool = False,
+            eager: bool = False) -> Iterator[Any]:
         """Iterator over fn(x) for x in iterable; with chunks=True over lists
-        of results (one per task: saves a generator step per item)."""
+        of results (one per task: saves a generator step per item). eager:
+        every item is submitted before this returns (Executor.map), instead
+        of a window refilled as results are taken."""
         from ._mapping import auto_chunksize, chunked, run_chunk
 
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -600,6 +737,21 @@ class _Engine:
         with self.lock:
             self._check_open()
             fn_id = self._fn_id(task_fn, chunked=chunksize > 1)
+        if eager:
+            try:
+                while True:
+                    items = list(itertools.islice(units, per_frame))
+                    if not items:
+                        break
+                    self._map_submit(job, fn_id, name, items)
+            except BaseException:
+                job.cancelled = True
+                with self.lock:
+                    self.backlog = deque(t for t in self.backlog if t.job is not job)
+                    for t in [t for t in self.tasks.values() if t.job is job]:
+                        del self.tasks[t.id]
+                        self.timed.discard(t.id)
+                raise
         return self._map_iter(job, fn_id, name, units, per_frame, window, deadline,
                               chunksize > 1, chunks)
 
@@ -802,6 +954,7 @@ class _Engine:
             if frames:
                 tasks = self.tasks
                 slots = self.slots
+                now = time.monotonic()
                 for frame in frames:
                     slot, tid, kind, flags, data = frame
                     if tid == 0:
@@ -810,7 +963,9 @@ class _Engine:
                     task = tasks.pop(tid, None)
                     if task is None:
                         continue  # cancelled or abandoned meanwhile
-                    del slots[slot].tasks[tid]
+                    s = slots[slot]
+                    del s.tasks[tid]
+                    s.last_result = now
                     if kind == RESULT and not flags and not task.timeout_ns:
                         fast.append((task, data))  # the common case, see below
                     else:
@@ -820,7 +975,7 @@ class _Engine:
             if self.timed:
                 self._check_time_limits()
             if self.backlog:
-                self._flush_backlog()
+                self._flush_backlog(done)
         if fast:
             self._finish_values(fast)
         if done:
@@ -854,11 +1009,15 @@ class _Engine:
         directly; Futures all under one acquisition of their shared condition
         with one notify_all, callbacks after it."""
         loads = _serialize.loads
+        plain = _serialize._tracker is None  # no shoal.shared array to adopt
         futs = []
         for task, data in fast:
             task.keep = None
             try:
-                value = loads(data, adopt=True)
+                if plain and data[0] != _OOB_MARKER and b"shoal.shared" not in data:
+                    value = _pickle_loads(data)  # what loads() does for it, minus 2 calls
+                else:
+                    value = loads(data, adopt=True)
             except BaseException as exc:  # noqa: BLE001
                 self._deliver_exc(task, SerializationError(
                     f"the result of task {task.id} ({_task_name(task)}) could not be loaded: "
@@ -1020,6 +1179,18 @@ class _Engine:
             if current == tid and now - started > task.timeout_ns:
                 task.kill_reason = "timeout"
                 self.sup.signal(self.slots[task.slot].pid, _signal.SIGKILL)
+
+    def forget(self, fut: Future) -> None:
+        """A backlogged task's Future was cancelled: nothing will run it (the
+        backlog skips tasks no longer in self.tasks). Lock not held."""
+        task = getattr(fut, "_shoal_task", None)
+        if task is None:
+            return
+        with self.lock:
+            if task.slot < 0 and self.tasks.get(task.id) is task:
+                del self.tasks[task.id]
+                self.timed.discard(task.id)
+                task.keep = None
 
     def cancel_running(self, fut: Future) -> bool:
         task = getattr(fut, "_shoal_task", None)
@@ -1184,6 +1355,12 @@ class ProcessBackend(Backend):
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
         return self._engine.map(fn, iterable, chunksize, ordered, timeout)
+
+    def map_eager(self, fn: Callable, items: list, *, chunksize: int | None = None,
+                  timeout: float | None = None) -> Iterator[Any]:
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        return self._engine.map(fn, items, chunksize, True, timeout, eager=True)
 
     def map_list(self, fn: Callable, iterable: Iterable, *,
                  chunksize: int | None = None) -> list:

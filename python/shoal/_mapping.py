@@ -36,7 +36,9 @@ def chunked(iterable: Iterable, size: int) -> Iterator[list]:
 
 def map_via_submit(backend: Any, fn: Callable, iterable: Iterable, *,
                    chunksize: int | None, ordered: bool,
-                   timeout: float | None) -> Iterator[Any]:
+                   timeout: float | None, eager: bool = False) -> Iterator[Any]:
+    """eager: submit every chunk now, before returning (Executor.map's
+    contract); otherwise a bounded window, filled as results are taken."""
     if chunksize is None:
         try:
             n = len(iterable)  # type: ignore[arg-type]
@@ -47,7 +49,7 @@ def map_via_submit(backend: Any, fn: Callable, iterable: Iterable, *,
         raise ValueError(f"chunksize must be >= 1, got {chunksize}")
     deadline = None if timeout is None else time.monotonic() + timeout
     # Keep a bounded window in flight so an endless iterable does not exhaust memory.
-    window = max(2 * backend.workers, 8)
+    window = float("inf") if eager else max(2 * backend.workers, 8)
     chunks = chunked(iterable, chunksize)
     pending: deque = deque()
 
@@ -66,6 +68,18 @@ def map_via_submit(backend: Any, fn: Callable, iterable: Iterable, *,
             raise TimeoutError("map() timed out")
         return left
 
+    if eager:
+        try:
+            fill()
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
+    return _results(pending, fill, ordered, remaining)
+
+
+def _results(pending: deque, fill: Callable, ordered: bool,
+             remaining: Callable) -> Iterator[Any]:
     try:
         fill()
         while pending:

@@ -124,7 +124,16 @@ class Worker:
         if type(data) is not bytes:
             data = bytes(data)
         if len(data) > self.limit:
-            self.send(task_id, RESULT, data)
+            try:
+                self.send(task_id, RESULT, data)
+            except OSError as exc:
+                # No segment for the result (e.g. ENOSPC, /dev/shm full): the
+                # caller gets the OSError; this worker serves on.
+                chan.set_current(slot, 0)
+                del payload, data
+                self.send_failure(task_id, exc, f"the result of task {task_id} could not be sent")
+                self.done += 1
+                return
         else:
             chan.push_result(slot, task_id, RESULT, 0, data)
         # The driver loads results with adopt=True: it unlinks the segments and

@@ -17,6 +17,7 @@ code)::
 from __future__ import annotations
 
 import concurrent.futures as cf
+import multiprocessing
 import threading
 from typing import Any, Callable, Iterable, Iterator
 
@@ -65,6 +66,39 @@ def _length(iterable: Iterable) -> int | None:
         return None
 
 
+class _PoolTimeout(multiprocessing.TimeoutError, TimeoutError):
+    """AsyncResult.get()'s timeout: both the builtin TimeoutError (what
+    concurrent.futures raises) and multiprocessing.TimeoutError (what code
+    ported from multiprocessing catches)."""
+
+
+def _gather(parts: list[cf.Future]) -> cf.Future:
+    """A Future of the concatenated results of parts (lists), in order;
+    the first failed part's exception (in order) if any failed."""
+    out: cf.Future = cf.Future()
+    if not parts:
+        out.set_result([])
+        return out
+    left = [len(parts)]
+    lock = threading.Lock()
+
+    def one(_: cf.Future) -> None:
+        with lock:
+            left[0] -= 1
+            if left[0]:
+                return
+        try:
+            value = [x for p in parts for x in p.result()]
+        except BaseException as exc:  # noqa: BLE001 - CancelledError included
+            out.set_exception(exc)
+        else:
+            out.set_result(value)
+
+    for p in parts:
+        p.add_done_callback(one)
+    return out
+
+
 class AsyncResult:
     """What ``Pool.apply_async`` returns (the multiprocessing.AsyncResult surface)."""
 
@@ -89,7 +123,12 @@ class AsyncResult:
         return self._future
 
     def get(self, timeout: float | None = None) -> Any:
-        return self._future.result(timeout)
+        try:
+            return self._future.result(timeout)
+        except TimeoutError:
+            if self._future.done():
+                raise  # the task's own TimeoutError (or shoal.TaskTimeout)
+            raise _PoolTimeout(f"no result within {timeout} s") from None
 
     def wait(self, timeout: float | None = None) -> None:
         try:
@@ -124,7 +163,17 @@ class Pool:
 
     def __init__(self, workers: int | None = None, *, initializer: Callable | None = None,
                  initargs: tuple = (), max_tasks_per_worker: int | None = None,
-                 retries: int = 0, backend: str = "processes") -> None:
+                 retries: int = 0, backend: str = "processes", processes: int | None = None,
+                 maxtasksperchild: int | None = None) -> None:
+        # processes= / maxtasksperchild=: multiprocessing.Pool's names.
+        if processes is not None:
+            if workers is not None:
+                raise TypeError("give workers= or processes=, not both")
+            workers = processes
+        if maxtasksperchild is not None:
+            if max_tasks_per_worker is not None:
+                raise TypeError("give max_tasks_per_worker= or maxtasksperchild=, not both")
+            max_tasks_per_worker = maxtasksperchild
         self._workers = _resolve_workers(workers, "workers")
         self._backend = _backend.create(backend, self._workers, initializer=initializer,
                                         initargs=tuple(initargs),
@@ -174,6 +223,35 @@ class Pool:
                 *, progress: bool = False) -> list:
         """``[fn(*args) for args in iterable]`` in parallel."""
         return list(self.imap(_Star(fn), iterable, chunksize, progress=progress))
+
+    def map_async(self, fn: Callable, iterable: Iterable, chunksize: int | None = None,
+                  callback: Callable | None = None,
+                  error_callback: Callable | None = None) -> AsyncResult:
+        """``map`` without waiting: ``get()`` returns the list. Every chunk is
+        submitted now; ``callback(list)`` or ``error_callback(exc)`` runs once."""
+        from ._mapping import auto_chunksize, run_chunk
+
+        self._check_running()
+        items = list(iterable)
+        if chunksize is None:
+            chunksize = auto_chunksize(len(items), self._workers)
+        if chunksize < 1:
+            raise ValueError(f"chunksize must be >= 1, got {chunksize}")
+        parts = []
+        try:
+            for i in range(0, len(items), chunksize):
+                parts.append(self._backend.submit(run_chunk, (fn, items[i: i + chunksize])))
+        except BaseException:
+            for p in parts:
+                p.cancel()
+            raise
+        return AsyncResult(_gather(parts), self._backend, callback, error_callback)
+
+    def starmap_async(self, fn: Callable, iterable: Iterable[Iterable],
+                      chunksize: int | None = None, callback: Callable | None = None,
+                      error_callback: Callable | None = None) -> AsyncResult:
+        """``starmap`` without waiting (see ``map_async``)."""
+        return self.map_async(_Star(fn), iterable, chunksize, callback, error_callback)
 
     # -------------------------------------------------------------- single tasks
     def apply_async(self, fn: Callable, args: tuple = (), kwds: dict | None = None,
@@ -279,14 +357,19 @@ class Executor(cf.Executor):
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
             chunksize: int | None = None) -> Iterator[Any]:
-        """Like concurrent.futures: results in order; ``timeout`` counts from
-        this call. ``chunksize=None`` chooses one adaptively."""
+        """Like concurrent.futures: every item is submitted now (the work runs
+        even if the results are never taken), results come in order,
+        ``timeout`` counts from this call. ``chunksize=None`` chooses one
+        adaptively. (``Pool.imap`` is the lazy one, for endless iterables.)"""
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         if len(iterables) == 1:
-            return self._backend.map(fn, iterables[0], chunksize=chunksize, timeout=timeout)
-        return self._backend.map(_Star(fn), list(zip(*iterables)), chunksize=chunksize,
-                                 timeout=timeout)
+            items = iterables[0]
+            if not isinstance(items, (list, tuple, range)):
+                items = list(items)
+            return self._backend.map_eager(fn, items, chunksize=chunksize, timeout=timeout)
+        return self._backend.map_eager(_Star(fn), list(zip(*iterables)), chunksize=chunksize,
+                                       timeout=timeout)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._shutdown = True

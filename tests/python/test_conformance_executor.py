@@ -160,7 +160,6 @@ def _id_or_raise(x):
 
 
 def test_map_submits_eagerly_so_unconsumed_work_still_runs(backend, tmp_path, request):
-    xfail_for(request, {"processes", "threads"}, LAZY_MAP)
     # concurrent.futures submits every item when map() is called: code that
     # calls ex.map(f, items) for side effects and never iterates relies on it.
     paths = [str(tmp_path / f"f{i}") for i in range(6)]
@@ -185,7 +184,6 @@ def test_shutdown_without_wait_lets_running_work_finish(backend, tmp_path):
 
 
 def test_shutdown_cancel_futures_cancels_pending_and_finishes_running(backend, tmp_path, request):
-    xfail_for(request, {"processes"}, QUEUED_IS_RUNNING)
     g = str(tmp_path / "g")
     e = shoal.Executor(1, backend=backend)
     try:
@@ -350,7 +348,6 @@ def test_cancel_a_running_future_returns_false(ex, tmp_path):
 
 
 def test_cancel_a_pending_future_returns_true(backend, tmp_path, request):
-    xfail_for(request, {"processes"}, QUEUED_IS_RUNNING)
     g = str(tmp_path / "g")
     e = shoal.Executor(1, backend=backend)
     try:

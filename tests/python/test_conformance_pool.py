@@ -148,10 +148,6 @@ def test_apply_async_error_callback_gets_the_exception(pool):
     assert called == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "AsyncResult.get (python/shoal/pool.py) lets Future.result's builtin TimeoutError out; "
-    "multiprocessing.TimeoutError is an unrelated class (ProcessError), so code written for "
-    "multiprocessing that catches it misses shoal's timeout"))
 def test_get_timeout_is_catchable_as_multiprocessing_and_builtin_timeout(pool, tmp_path):
     g = str(tmp_path / "g")
     r = pool.apply_async(h.gate, (g, "v"))
@@ -264,7 +260,6 @@ MP_SURFACE = ("shoal.Pool (python/shoal/pool.py) lacks part of multiprocessing.P
               "max_tasks_per_worker= but not multiprocessing's processes=/maxtasksperchild=")
 
 
-@pytest.mark.xfail(strict=True, reason=MP_SURFACE)
 def test_constructor_accepts_multiprocessing_keyword_names(backend):
     p = shoal.Pool(processes=2, initializer=_init, initargs=(1,), maxtasksperchild=5,
                    backend=backend)
@@ -274,7 +269,6 @@ def test_constructor_accepts_multiprocessing_keyword_names(backend):
         p.terminate()
 
 
-@pytest.mark.xfail(strict=True, reason=MP_SURFACE)
 def test_map_async_and_starmap_async(pool):
     got = []
     r = pool.map_async(h.square, range(5), callback=got.append)

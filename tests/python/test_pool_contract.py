@@ -127,8 +127,11 @@ def test_executor_future_exception(executor):
 def test_executor_shutdown_cancel_futures(backend):
     ex = shoal.Executor(1, backend=backend)
     first = ex.submit(sleep_return, 0.3, "done")
-    while not (first.running() or first.done()):  # under load the thread may not have taken it
-        time.sleep(0.001)                         # yet: then cancel_futures cancels it too
+    # Only a started task is sure to survive cancel_futures (a queued one is
+    # cancelled, as in concurrent.futures): wait until a thread took it.
+    deadline = time.monotonic() + 30
+    while not (first.running() or first.done()) and time.monotonic() < deadline:
+        time.sleep(0.001)
     rest = [ex.submit(sleep_return, 0.3, i) for i in range(20)]
     ex.shutdown(wait=True, cancel_futures=True)
     assert first.result() == "done"

@@ -133,21 +133,12 @@ def test_dev_shm_full_big_argument_is_a_clear_error_and_the_pool_goes_on(tmp_pat
     assert "CLOSED" in r.stdout and lines["LEFT"].strip() == "[]", r.stdout
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_Engine.submit registers the task in self.tasks before _place(); _place -> _frames_for "
-    "-> _indirect -> SharedSegment.create raises OSError(ENOSPC) out of submit, and the task "
-    "stays in self.tasks forever, so close()+join() (shutdown(wait=True) waits for "
-    "'not self.tasks') hangs"))
 def test_dev_shm_full_big_argument_then_close_and_join_does_not_hang(tmp_path):
     r, lines = _shm_full_driver(tmp_path, "arg_close")
     assert _clear_error(lines["TRY"]), r.stdout
     assert "CLOSED" in r.stdout and lines["LEFT"].strip() == "[]", r.stdout
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_worker.Worker.send -> _write_indirect: SharedSegment.create raises OSError(ENOSPC) "
-    "for a result too big for the ring, the exception escapes serve() and the worker exits "
-    "with code 1: the user gets WorkerLost instead of the OSError"))
 def test_dev_shm_full_big_result_is_a_clear_error_not_a_lost_worker(tmp_path):
     r, lines = _shm_full_driver(tmp_path, "result")
     assert _clear_error(lines["TRY"]), r.stdout
