@@ -422,7 +422,7 @@ class _Engine:
                 data = task.data = payload.data
                 if type(data) is not bytes:
                     data = task.data = bytes(data)
-                if payload.segments:
+                if payload.segments or payload.keepalive:  # big buffers, shoal.shared refs
                     task.keep = payload
             task.future = fut
             task.name = entry[3] if entry is not None else _describe_fn(fn)
@@ -520,7 +520,7 @@ class _Engine:
             frames.append((ids[0], BATCH, flags, raw))
             owners.append(tasks)
             for t in tasks:
-                t.keep = data if (flags or data.segments) else None
+                t.keep = data if (flags or data.segments or data.keepalive) else None
         return frames, owners
 
     def _indirect(self, data: bytes):
@@ -1303,6 +1303,13 @@ def _can_fork() -> bool:
     follows the thread that forked it). SHOAL_START=spawn disables it."""
     if os.environ.get("SHOAL_START", "auto") == "spawn":
         return False
+    # A process that has run Python callables on shoal's C++ threads keeps
+    # interpreter state from them (thread states of finished threads) that a
+    # forked child inherits: forked workers of such a driver were seen to
+    # crash (SIGSEGV on their first task). Spawn there, even after they ended.
+    threads_backend = sys.modules.get("shoal._backend_threads")
+    if threads_backend is not None and getattr(threads_backend, "ever_started", False):
+        return False
     if threading.current_thread() is not threading.main_thread() or \
             threading.active_count() != 1:
         return False
@@ -1319,6 +1326,28 @@ def _finalize(engine: _Engine) -> None:
         engine.terminate()
     except Exception:  # noqa: BLE001 - finalizers must not raise
         pass
+
+
+# Executors that were never shut down: their submitted work still runs before
+# the interpreter exits (concurrent.futures semantics), unless it exits on an
+# uncaught Ctrl-C, which terminates them at once.
+_finish_at_exit: "weakref.WeakSet[ProcessBackend]" = weakref.WeakSet()
+
+
+def _at_exit() -> None:
+    interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
+    for backend in list(_finish_at_exit):
+        try:
+            if interrupted:
+                backend.terminate()
+            else:
+                backend.shutdown(wait=True)
+        except Exception:  # noqa: BLE001 - the finalizer still terminates it
+            pass
+
+
+if hasattr(threading, "_register_atexit"):  # before atexit: threads still usable
+    threading._register_atexit(_at_exit)
 
 
 @register
@@ -1381,6 +1410,11 @@ class ProcessBackend(Backend):
 
     def terminate(self) -> None:
         self._engine.terminate()
+
+    def finish_at_exit(self) -> None:
+        """Let submitted work finish at interpreter exit (Executor semantics);
+        without this (Pool semantics) exit terminates the workers."""
+        _finish_at_exit.add(self)
 
     @property
     def pids(self) -> list[int]:

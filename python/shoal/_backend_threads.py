@@ -175,6 +175,9 @@ class _WorkItem:
 
 _live: "weakref.WeakSet[ThreadBackend]" = weakref.WeakSet()
 _exiting = False
+# Set once a pool has run Python on C++ threads in this process; the processes
+# backend then never forks this process (it spawns fresh interpreters).
+ever_started = False
 
 
 def _at_exit() -> None:
@@ -217,6 +220,8 @@ class ThreadBackend(Backend):
         self._state = _State(self.initializer, tuple(self.initargs))
         self._lock = threading.Lock()
         self._shutdown = False
+        global ever_started
+        ever_started = True
         self._pool = _core.ThreadPool(workers, self._state.on_thread_start)
         _live.add(self)
 

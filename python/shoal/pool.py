@@ -324,6 +324,8 @@ class Executor(cf.Executor):
                                         initargs=tuple(initargs),
                                         max_tasks_per_worker=max_tasks_per_worker,
                                         retries=retries)
+        # concurrent.futures lets submitted work finish at interpreter exit.
+        getattr(self._backend, "finish_at_exit", lambda: None)()
         self._task_timeout = task_timeout
         self._shutdown = False
 

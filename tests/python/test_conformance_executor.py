@@ -620,11 +620,7 @@ EXIT_DRIVER = textwrap.dedent("""
 """)
 
 
-def test_interpreter_exit_without_shutdown_finishes_submitted_work(backend, tmp_path, request):
-    xfail_for(request, {"processes"}, (
-        "processes backend: at interpreter exit, _finalize (weakref.finalize in "
-        "_backend_processes.py) calls _Engine.terminate(), killing the workers and dropping "
-        "submitted tasks; concurrent.futures (and the threads backend) let them finish"))
+def test_interpreter_exit_without_shutdown_finishes_submitted_work(backend, tmp_path):
     path = str(tmp_path / "done")
     script = tmp_path / "exit_driver.py"
     script.write_text(EXIT_DRIVER.format(here=HERE, backend=backend, path=path))

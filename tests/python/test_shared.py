@@ -432,11 +432,6 @@ def _first(a):
 
 @needs_pool
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(strict=False, reason=(
-    "engine keeps a submitted task's Payload only if payload.segments is non-empty "
-    "(_backend_processes.py submit: `if payload.segments: task.keep = payload`, and the "
-    "map batch `t.keep = data if (flags or data.segments) else None`); it must also "
-    "keep it when payload.keepalive is set (shoal.shared references)"))
 def test_pool_keeps_a_submitted_shared_array_alive_until_the_worker_has_it():
     with shoal.Pool(1) as pool:
         busy = pool.apply_async(_sleep_then, (1.0, 0))  # the only worker is busy
