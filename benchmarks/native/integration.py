@@ -159,7 +159,7 @@ def make_methods(n: int):
         tbb.integrate_tbb.restype = ctypes.c_double
         tbb.integrate_tbb.argtypes = [ctypes.c_long, ctypes.c_int]
         methods["C++ oneTBB"] = lambda t: tbb.integrate_tbb(n, t)
-    srcs = [str(ROOT / "src" / f) for f in ("thread_pool.cpp", "parallel.cpp", "check.cpp")]
+    srcs = [str(ROOT / "src" / f) for f in ("thread_pool.cpp", "parallel.cpp", "allocation.cpp", "check.cpp")]
     cxx = build("integ_shoal", CXX_SHOAL, ["c++", "-std=c++20", f"-I{ROOT / 'include'}", *srcs],
                 ["-pthread"])
     if isinstance(cxx, str):

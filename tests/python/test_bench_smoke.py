@@ -32,3 +32,17 @@ def test_bench_pool_quick_smoke(tmp_path):
         pytest.skip("shoal.Pool is not built: its row is reported unavailable")
     assert rows["shoal.Executor"]["seconds"] > 0, rows["shoal.Executor"]
     assert data["goals"][0]["status"] in ("PASS", "FAIL")
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("script, args", [
+    ("integration.py", ["--n", "100", "--threads", "1,2", "--repeats", "1"]),
+    ("forkjoin.py", ["--calls", "20", "--repeats", "1"]),
+])
+def test_bench_native_smoke(script, args):
+    """The native benchmarks build their C/C++ peers and run every method
+    (tiny sizes); no timing is checked."""
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "native", script), *args],
+                       capture_output=True, text=True, timeout=280, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "shoal" in r.stdout
