@@ -102,7 +102,9 @@ void TaskRing::release(std::uint64_t new_head) noexcept {
     futex_wake(&ctl_->producer_waiting, 1);
 }
 
-bool TaskRing::wait_readable(std::int64_t timeout_ns, std::int64_t spin_ns) noexcept {
+bool TaskRing::wait_readable(std::int64_t timeout_ns, std::int64_t spin_ns,
+                             const std::atomic<std::uint32_t>* stop) noexcept {
+  auto stopped = [stop] { return stop != nullptr && stop->load(std::memory_order_seq_cst) != 0; };
   if (!empty()) return true;
   const std::uint64_t start = monotonic_ns();
   while (true) {
@@ -124,9 +126,9 @@ bool TaskRing::wait_readable(std::int64_t timeout_ns, std::int64_t spin_ns) noex
       left = static_cast<std::int64_t>(deadline - now);
     }
     ctl_->consumer_waiting.store(1, std::memory_order_seq_cst);
-    if (!empty()) {
+    if (!empty() || stopped()) {
       ctl_->consumer_waiting.store(0, std::memory_order_relaxed);
-      return true;
+      return !empty();
     }
     futex_wait(&ctl_->consumer_waiting, 1, left);
     // Woken with 0 (by a producer or wake_consumer): report what is there;

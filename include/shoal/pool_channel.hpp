@@ -107,6 +107,8 @@ class PoolChannel {
   void reset_slot(std::size_t i);
 
   bool is_shutdown() const noexcept { return header_->shutdown.load(std::memory_order_acquire) != 0; }
+  // The shutdown word itself, for waits that must end when it is set.
+  const std::atomic<std::uint32_t>* shutdown_flag() const noexcept { return &header_->shutdown; }
 
  private:
   PoolChannel(int fd, void* base, std::size_t size) noexcept;

@@ -93,8 +93,13 @@ class TaskRing {
     return ctl_->tail.load(std::memory_order_seq_cst) == ctl_->head.load(std::memory_order_relaxed);
   }
   // Spins for spin_ns, then sleeps until a frame is there or timeout_ns passed
-  // (< 0: no limit), or someone called wake_consumer(). Returns !empty().
-  bool wait_readable(std::int64_t timeout_ns, std::int64_t spin_ns) noexcept;
+  // (< 0: no limit), or someone called wake_consumer(), or *stop became
+  // non-zero (when given). Returns !empty(). The stop flag closes the race of a
+  // wake_consumer() that lands before the consumer announced its sleep: the
+  // waker stores *stop (seq_cst) before waking, the consumer announces
+  // (seq_cst) before reading *stop, so one of the two sees the other.
+  bool wait_readable(std::int64_t timeout_ns, std::int64_t spin_ns,
+                     const std::atomic<std::uint32_t>* stop = nullptr) noexcept;
   // Forces a sleeping consumer awake (shutdown).
   void wake_consumer() noexcept;
 

@@ -154,7 +154,8 @@ static void bind(nb::module_& m) {
             TaskRing ring = c.task_ring(slot);
             {
               nb::gil_scoped_release nogil;
-              ring.wait_readable(to_ns(timeout), static_cast<std::int64_t>(spin_us * 1e3));
+              ring.wait_readable(to_ns(timeout), static_cast<std::int64_t>(spin_us * 1e3),
+                                 c.shutdown_flag());
             }
             nb::list out;
             drain_into(ring, out, -1, static_cast<std::size_t>(-1));

@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <barrier>
+#include <chrono>
 #include <cstring>
 #include <memory>
 #include <random>
@@ -175,6 +176,24 @@ TEST(TaskRing, NoLostWakeupsWithoutSpinning) {
     ASSERT_EQ(v, ++got);
   }
   producer.join();
+}
+
+// A stop (shutdown) raised before the consumer announced its sleep must still
+// end the wait: without the flag check this sleeps forever (ctest timeout).
+TEST(TaskRing, StopFlagEndsAWaitThatMissedTheWake) {
+  LocalRing lr(1024);
+  std::atomic<std::uint32_t> stop{1};
+  lr.ring.wake_consumer();  // the wake lands before anyone sleeps: it is lost
+  EXPECT_FALSE(lr.ring.wait_readable(-1, 0, &stop));
+  // And a stop raised while the consumer sleeps wakes it.
+  std::atomic<std::uint32_t> later{0};
+  std::thread waker([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    later.store(1, std::memory_order_seq_cst);
+    lr.ring.wake_consumer();
+  });
+  EXPECT_FALSE(lr.ring.wait_readable(-1, 0, &later));
+  waker.join();
 }
 
 TEST(PoolChannel, DoorbellWakesDriverAndCrossesProcesses) {
