@@ -15,12 +15,26 @@ inline void cpu_relax() noexcept {
 // The caller spins this long for the last chunks before it sleeps: joins of
 // short loops complete within the spin, long ones do not care about a futex.
 constexpr int kJoinSpin = 1 << 12;
+
+// The pool whose loop this thread is running as the loop's caller (it is not
+// one of that pool's workers). Nested loops in its bodies default to the same
+// pool, exactly as they do on the workers: no other pool's threads join in.
+thread_local ThreadPool* tl_caller_pool = nullptr;
+
+struct CallerPoolScope {
+  ThreadPool* saved;
+  explicit CallerPoolScope(ThreadPool* p) noexcept : saved(tl_caller_pool) { tl_caller_pool = p; }
+  ~CallerPoolScope() { tl_caller_pool = saved; }
+  CallerPoolScope(const CallerPoolScope&) = delete;
+  CallerPoolScope& operator=(const CallerPoolScope&) = delete;
+};
 }  // namespace
 
 Plan plan_loop(ThreadPool* pool, int threads) {
   ThreadPool* p = pool;
   if (p == nullptr) {
     ThreadPool* cur = ThreadPool::current();
+    if (cur == nullptr) cur = tl_caller_pool;
     p = (cur != nullptr && cur->hosts_loops()) ? cur : &ThreadPool::global_for(threads);
   }
   const bool inside = p->worker_index() >= 0;
@@ -31,7 +45,10 @@ Plan plan_loop(ThreadPool* pool, int threads) {
 
 void ForkJoin::execute(ThreadPool& pool, int helpers) {
   pool.spawn(this, helpers);
-  participate_(*this, ctx_);
+  {
+    CallerPoolScope scope(pool.worker_index() >= 0 ? tl_caller_pool : &pool);
+    participate_(*this, ctx_);
+  }
   // A worker's helpers went onto its own deque; those still there found no
   // thief (everyone busy, e.g. a nested loop): take them back now instead of
   // leaving no-op tasks behind.
