@@ -247,3 +247,22 @@ def start_lingering_thread(seconds):
     """Leaves a non-daemon thread behind in the worker."""
     threading.Thread(target=time.sleep, args=(seconds,), daemon=False).start()
     return os.getpid()
+
+
+# Fixtures shared by the conformance suites (imported by name into each module).
+import pytest as _pytest
+
+BACKENDS = ["processes", "threads"]
+
+
+@_pytest.fixture(autouse=True)
+def _open_gates_on_teardown(tmp_path):
+    # A failing test may leave a task waiting on a gate: free it, so no thread
+    # (threads backend) or worker outlives the test by the gate's timeout.
+    yield
+    (tmp_path / "ABORT").touch()
+
+
+@_pytest.fixture(params=BACKENDS)
+def backend(request):
+    return request.param

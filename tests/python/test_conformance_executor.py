@@ -19,23 +19,10 @@ import pytest
 
 import shoal
 import conformance_helpers as h
+from conformance_helpers import BACKENDS, _open_gates_on_teardown, backend  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.timeout(120)
 HERE = os.path.dirname(os.path.abspath(__file__))
-BACKENDS = ["processes", "threads"]
-
-
-@pytest.fixture(autouse=True)
-def _open_gates_on_teardown(tmp_path):
-    # A failing test may leave a task waiting on a gate: free it, so no thread
-    # (threads backend) or worker outlives the test by the gate's timeout.
-    yield
-    (tmp_path / "ABORT").touch()
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    return request.param
 
 
 @pytest.fixture
