@@ -8,7 +8,6 @@ and checks that no worker process and no /dev/shm/shoal.* segment outlives it.""
 
 from __future__ import annotations
 
-import glob
 import os
 import signal
 import subprocess
@@ -21,34 +20,15 @@ import pytest
 
 import shoal
 import conformance_helpers as h
+from pool_helpers import shm_segments_of as _segments_of, wait_gone
 
 pytestmark = pytest.mark.timeout(180)
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def _segments_of(pids):
-    out = []
-    for pid in pids:
-        out += glob.glob(f"/dev/shm/shoal.{pid}.*")
-    return out
-
-
 def _alive(pids, timeout=15.0):
     """Pids still running (zombies count as gone) after waiting up to timeout."""
-    deadline = time.monotonic() + timeout
-    alive = list(pids)
-    while alive and time.monotonic() < deadline:
-        still = []
-        for pid in alive:
-            try:
-                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                    still.append(pid)
-            except psutil.NoSuchProcess:
-                pass
-        alive = still
-        if alive:
-            time.sleep(0.05)
-    return alive
+    return wait_gone(pids, timeout)
 
 
 def _script(tmp_path, name, body):
