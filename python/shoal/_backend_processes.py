@@ -54,6 +54,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from . import _serialize
 from ._backend import Backend, register
+from ._mapping import time_left
 from ._errors import (BrokenPool, RemoteTraceback, SerializationError, TaskTimeout,
                       WorkerLost)
 
@@ -795,12 +796,7 @@ class _Engine:
                 self._map_submit(job, fn_id, name, items)
 
         def remaining() -> float | None:
-            if deadline is None:
-                return None
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("map() timed out")
-            return left
+            return time_left(deadline)
 
         try:
             refill()

@@ -18,6 +18,17 @@ def run_chunk(fn: Callable, chunk: list) -> list:
     return [fn(x) for x in chunk]
 
 
+def time_left(deadline: float | None) -> float | None:
+    """Seconds left before a map's monotonic deadline (None: no limit);
+    raises TimeoutError once it has passed."""
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("map() timed out")
+    return left
+
+
 def auto_chunksize(n_items: int | None, workers: int) -> int:
     """Chunks small enough to balance load (about 4 per worker), large enough
     that per-task overhead vanishes. Unknown length: a moderate fixed size."""
@@ -61,12 +72,7 @@ def map_via_submit(backend: Any, fn: Callable, iterable: Iterable, *,
             pending.append(backend.submit(run_chunk, (fn, chunk)))
 
     def remaining() -> float | None:
-        if deadline is None:
-            return None
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("map() timed out")
-        return left
+        return time_left(deadline)
 
     if eager:
         try:
