@@ -956,12 +956,17 @@ class _Engine:
                     if tid == 0:
                         self._control(slots[slot], kind, data, done)
                         continue
+                    s = slots[slot]
+                    # Off the slot's count even when nobody wants the result
+                    # any more (an abandoned map, a cancel): a slot whose count
+                    # kept such tasks would look full forever and starve the
+                    # backlog (seen: a module-scoped pool hung after a few
+                    # abandoned maps).
+                    s.tasks.pop(tid, None)
+                    s.last_result = now
                     task = tasks.pop(tid, None)
                     if task is None:
                         continue  # cancelled or abandoned meanwhile
-                    s = slots[slot]
-                    del s.tasks[tid]
-                    s.last_result = now
                     if kind == RESULT and not flags and not task.timeout_ns:
                         fast.append((task, data))  # the common case, see below
                     else:

@@ -343,3 +343,34 @@ def test_both_start_methods_run_tasks_and_survive_deaths(start, monkeypatch):
         with pytest.raises(shoal.WorkerLost):
             pool.apply(exit_hard, (4,))
         assert pool.map(square, range(10)) == [i * i for i in range(10)]  # replacement spawned
+
+
+def _items_then_error(n):
+    yield from range(n)
+    raise ValueError("the input iterable broke")
+
+
+def test_abandoned_maps_leave_no_phantom_load():
+    """Maps given up half-way (an input iterable that raises, an imap dropped
+    after one result, an Executor.map whose input breaks) must not leave their
+    in-flight tasks counted against the workers once those tasks finish.
+    Regression: each slot kept the count of such tasks, and after a few dozen
+    abandoned maps a long-lived pool looked full and never ran another task."""
+    with shoal.Pool(2) as p:
+        for _ in range(30):
+            with pytest.raises(ValueError, match="input iterable broke"):
+                p.map(square, _items_then_error(5))
+            it = p.imap(square, range(200))
+            assert next(it) == 0
+            del it
+        engine = p.backend._engine
+        # Everything abandoned has finished on the workers by now or soon.
+        assert engine.wait_until(lambda: all(not s.tasks for s in engine.slots), 30.0), \
+            [len(s.tasks) for s in engine.slots]
+        assert p.apply_async(add, (2, 3)).get(timeout=30) == 5
+        assert p.map(square, range(50)) == [x * x for x in range(50)]
+    with shoal.Executor(2) as ex:
+        for _ in range(30):
+            with pytest.raises(ValueError, match="input iterable broke"):
+                list(ex.map(square, _items_then_error(20)))
+        assert ex.submit(add, 1, 1).result(timeout=30) == 2
