@@ -1298,10 +1298,61 @@ class _Engine:
                 task.keep = None
 
 
+# OpenBLAS's pthreads server registers a pthread_atfork handler that joins its
+# threads before every fork (they restart on the next BLAS call): a driver
+# whose only other threads are those forks as safely as one with no thread.
+# Symbol spellings: plain builds, 64-bit-integer builds, numpy/scipy wheels.
+_OPENBLAS_PREFIXES = ("openblas", "scipy_openblas", "scipy_openblas64_")
+_OPENBLAS_SUFFIXES = ("", "64_")
+
+
+def _openblas_fork_safe_threads() -> int:
+    """How many threads the loaded OpenBLAS libraries may run that their own
+    fork handler stops: num_threads - 1 per library built with its pthreads
+    server (openblas_get_parallel() == 1); 0 for OpenMP builds (libgomp's
+    threads do not survive fork: GCC bug 60035) or when none is loaded."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split(None, 5)[5].strip() for line in f
+                     if "openblas" in line and line.count(" ") >= 5}
+    except (OSError, IndexError):
+        return 0
+    if not paths:
+        return 0
+    import ctypes
+
+    allowed = 0
+    for path in paths:
+        if not path.startswith("/"):
+            continue
+        try:
+            lib = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 4) | ctypes.RTLD_GLOBAL)
+        except OSError:
+            return 0
+        for prefix in _OPENBLAS_PREFIXES:
+            for suffix in _OPENBLAS_SUFFIXES:
+                parallel = getattr(lib, f"{prefix}_get_parallel{suffix}", None)
+                threads = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+                if parallel is not None and threads is not None:
+                    break
+            else:
+                continue
+            break
+        else:
+            return 0  # an OpenBLAS we cannot ask: do not guess
+        parallel.restype = threads.restype = ctypes.c_int
+        if parallel() != 1:
+            return 0
+        allowed += max(0, threads() - 1)
+    return allowed
+
+
 def _can_fork() -> bool:
-    """Fork only a driver that runs no other thread (C threads included, e.g.
-    OpenBLAS's), from its main thread (a forked worker's parent-death signal
-    follows the thread that forked it). SHOAL_START=spawn disables it."""
+    """Fork only a driver that runs no other thread, from its main thread (a
+    forked worker's parent-death signal follows the thread that forked it).
+    C threads count too, except OpenBLAS's pthreads, which its own fork
+    handler stops (a numpy driver must not pay an interpreter start per
+    worker for them). SHOAL_START=spawn disables it."""
     if os.environ.get("SHOAL_START", "auto") == "spawn":
         return False
     # A process that has run Python callables on shoal's C++ threads keeps
@@ -1315,9 +1366,10 @@ def _can_fork() -> bool:
             threading.active_count() != 1:
         return False
     try:
-        return len(os.listdir("/proc/self/task")) == 1
+        extra = len(os.listdir("/proc/self/task")) - 1
     except OSError:
         return False
+    return extra == 0 or extra <= _openblas_fork_safe_threads()
 
 
 def _finalize(engine: _Engine) -> None:

@@ -374,3 +374,57 @@ def test_abandoned_maps_leave_no_phantom_load():
             with pytest.raises(ValueError, match="input iterable broke"):
                 list(ex.map(square, _items_then_error(20)))
         assert ex.submit(add, 1, 1).result(timeout=30) == 2
+
+
+def test_a_numpy_driver_forks_its_workers_and_blas_works_in_them(tmp_path):
+    """OpenBLAS's pthreads stop themselves around fork (its own pthread_atfork
+    handler), so a driver whose only other threads are those still forks its
+    workers; the workers' BLAS restarts its threads and gives right answers.
+    Any other thread (a Python one here) means spawn."""
+    script = tmp_path / "numpy_driver.py"
+    script.write_text(textwrap.dedent("""
+        import os, threading
+        import numpy as np
+        from threadpoolctl import threadpool_info
+        import shoal
+        from shoal._backend_processes import _can_fork
+
+        def matmul_sum(seed):
+            r = np.random.default_rng(seed)
+            a = r.random((300, 300))
+            return float((a @ a).sum())
+
+        a = np.random.default_rng(0).random((300, 300))
+        a @ a  # OpenBLAS's threads are up now
+        blas = [i for i in threadpool_info() if i["internal_api"] == "openblas"]
+        threaded = any(i["threading_layer"] == "pthreads" and i["num_threads"] > 1 for i in blas)
+        extra = len(os.listdir("/proc/self/task")) - 1
+        print("extra-threads", extra, "openblas-pthreads", threaded)
+        assert _can_fork() == (extra == 0 or threaded), (extra, blas)
+        forked = _can_fork()
+        with shoal.Pool(2) as pool:
+            for pid in pool.backend.pids:
+                cmd = b""
+                while not cmd:
+                    cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+                assert (b"shoal._worker" in cmd) != forked, (cmd, forked)
+            got = pool.map(matmul_sum, range(6))
+            # (the workers' BLAS runs capped to one thread: another summation order)
+            assert np.allclose(got, [matmul_sum(s) for s in range(6)], rtol=1e-12)
+        float((a @ a).sum())  # and the driver's BLAS still works
+        ev = threading.Event()
+        t = threading.Thread(target=ev.wait)
+        t.start()
+        assert not _can_fork()
+        ev.set()
+        t.join()
+        print("forked" if forked else "spawned")
+    """))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120, env={k: v for k, v in os.environ.items()
+                                           if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                                                        "SHOAL_START")})
+    assert out.returncode == 0, out.stdout + out.stderr
+    if os.cpu_count() and len(os.sched_getaffinity(0)) > 1:
+        assert "openblas-pthreads True" in out.stdout and out.stdout.strip().endswith("forked"), \
+            out.stdout
