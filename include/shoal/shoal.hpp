@@ -3,6 +3,7 @@
 #include "shoal/allocation.hpp"
 #include "shoal/check.hpp"
 #include "shoal/frame.hpp"
+#include "shoal/loaded_libraries.hpp"
 #include "shoal/parallel.hpp"
 #include "shoal/pool_channel.hpp"
 #include "shoal/shm_segment.hpp"

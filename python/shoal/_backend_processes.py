@@ -239,11 +239,30 @@ class _Engine:
         self.chan = _core.PoolChannel.create(workers, ring_bytes)
         self.slots = [_Slot(i, max_tasks_per_worker) for i in range(workers)]
         self.caps = self._thread_caps()
+        self.init_data = None
+        self.init_payload = None
+        if initializer is not None:
+            self.init_payload = _serialize.dumps((initializer, tuple(initargs)))
+            self.init_data = bytes(self.init_payload.data)
         if _can_fork():
             # The driver runs no thread yet (checked): forking is safe and
             # skips an interpreter start per worker. Replacements are spawned.
-            for s in self.slots:
-                s.pid = self._fork_worker(s.index, max_tasks_per_worker or 0)
+            # Each is announced at once, so the first can be ready while the
+            # next is forked.
+            try:
+                for s in self.slots:
+                    s.pid = self._fork_worker(s.index, max_tasks_per_worker or 0)
+                    self._announce(s)
+            except BaseException:
+                # Not yet under a supervisor: end and reap the ones forked.
+                for s in self.slots:
+                    if s.pid:
+                        try:
+                            os.kill(s.pid, _signal.SIGKILL)
+                            os.waitpid(s.pid, 0)
+                        except OSError:
+                            pass
+                raise
         self.sup = _core.WorkerSupervisor(self.chan)
         self.limit = self.chan.max_payload // 2
         self.lock = threading.Lock()
@@ -263,12 +282,7 @@ class _Engine:
         self.closing = False      # no new tasks
         self.stopped = False      # workers are gone
         self.broken: BaseException | None = None
-        self.init_data = None
-        self.init_payload = None
-        if initializer is not None:
-            self.init_payload = _serialize.dumps((initializer, tuple(initargs)))
-            self.init_data = bytes(self.init_payload.data)
-        self.env = self._worker_env()
+        self._env: list[str] | None = None  # spawned workers' environment, on first use
         self.argv_base = [sys.executable, "-m", "shoal._worker", "--driver", str(os.getpid())]
         if max_tasks_per_worker:
             self.argv_base += ["--max-tasks", str(int(max_tasks_per_worker))]
@@ -278,7 +292,6 @@ class _Engine:
                     self._start_worker(s)
                 else:
                     self.sup.adopt(s.index, s.pid)
-                    self._announce(s)
         except BaseException:
             self.close(0)
             raise
@@ -293,6 +306,9 @@ class _Engine:
             "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMBA_NUM_THREADS")}
 
     def _fork_worker(self, slot: int, max_tasks: int) -> int:
+        # Imported here, once, rather than by every child after the fork.
+        from . import _openblas, _worker  # noqa: F401
+
         fd, driver, caps = self.chan.fd, os.getpid(), self.caps
         # SIGINT stays blocked across fork until the child ignores it and has
         # left the terminal's process group: a Ctrl-C now must not kill it.
@@ -305,8 +321,6 @@ class _Engine:
         if pid == 0:  # the child never returns from here
             code = 70
             try:
-                from . import _worker
-
                 code = _worker.run_forked(slot, driver, fd, max_tasks, caps, old_mask)
             except BaseException:  # noqa: BLE001 - report, then leave without cleanup
                 import traceback
@@ -335,7 +349,9 @@ class _Engine:
         s.budget = self.max_tasks
         s.last_result = 0.0
         s.pid = 0
-        s.pid = self.sup.spawn(s.index, self.argv_base + ["--slot", str(s.index)], self.env,
+        if self._env is None:
+            self._env = self._worker_env()
+        s.pid = self.sup.spawn(s.index, self.argv_base + ["--slot", str(s.index)], self._env,
                                self.chan.fd)
         self._announce(s)
 
@@ -1298,55 +1314,6 @@ class _Engine:
                 task.keep = None
 
 
-# OpenBLAS's pthreads server registers a pthread_atfork handler that joins its
-# threads before every fork (they restart on the next BLAS call): a driver
-# whose only other threads are those forks as safely as one with no thread.
-# Symbol spellings: plain builds, 64-bit-integer builds, numpy/scipy wheels.
-_OPENBLAS_PREFIXES = ("openblas", "scipy_openblas", "scipy_openblas64_")
-_OPENBLAS_SUFFIXES = ("", "64_")
-
-
-def _openblas_fork_safe_threads() -> int:
-    """How many threads the loaded OpenBLAS libraries may run that their own
-    fork handler stops: num_threads - 1 per library built with its pthreads
-    server (openblas_get_parallel() == 1); 0 for OpenMP builds (libgomp's
-    threads do not survive fork: GCC bug 60035) or when none is loaded."""
-    try:
-        with open("/proc/self/maps") as f:
-            paths = {line.split(None, 5)[5].strip() for line in f
-                     if "openblas" in line and line.count(" ") >= 5}
-    except (OSError, IndexError):
-        return 0
-    if not paths:
-        return 0
-    import ctypes
-
-    allowed = 0
-    for path in paths:
-        if not path.startswith("/"):
-            continue
-        try:
-            lib = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 4) | ctypes.RTLD_GLOBAL)
-        except OSError:
-            return 0
-        for prefix in _OPENBLAS_PREFIXES:
-            for suffix in _OPENBLAS_SUFFIXES:
-                parallel = getattr(lib, f"{prefix}_get_parallel{suffix}", None)
-                threads = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-                if parallel is not None and threads is not None:
-                    break
-            else:
-                continue
-            break
-        else:
-            return 0  # an OpenBLAS we cannot ask: do not guess
-        parallel.restype = threads.restype = ctypes.c_int
-        if parallel() != 1:
-            return 0
-        allowed += max(0, threads() - 1)
-    return allowed
-
-
 def _can_fork() -> bool:
     """Fork only a driver that runs no other thread, from its main thread (a
     forked worker's parent-death signal follows the thread that forked it).
@@ -1369,7 +1336,11 @@ def _can_fork() -> bool:
         extra = len(os.listdir("/proc/self/task")) - 1
     except OSError:
         return False
-    return extra == 0 or extra <= _openblas_fork_safe_threads()
+    if extra == 0:
+        return True
+    from . import _openblas
+
+    return extra <= _openblas.fork_safe_threads()
 
 
 def _finalize(engine: _Engine) -> None:

@@ -258,9 +258,18 @@ def _cap_native_threads() -> None:
     # The env (OMP_NUM_THREADS, ...) caps libraries loaded later; threadpoolctl
     # caps the ones the initializer already loaded (importing it costs 20 ms of
     # worker start, so only when a BLAS/OpenMP user is there).
+    # A worker forked from a numpy driver has OpenBLAS loaded and nothing else
+    # of the kind: its C API caps it in microseconds.
     n = os.environ.get("SHOAL_NUM_THREADS")
     if not n or not any(m in sys.modules for m in ("numpy", "scipy", "torch", "sklearn")):
         return
+    try:
+        from . import _openblas
+
+        if _openblas.cap(int(n)):
+            return
+    except Exception:  # noqa: BLE001 - threadpoolctl below, then
+        pass
     try:
         from threadpoolctl import threadpool_limits
 
@@ -290,6 +299,9 @@ def run_forked(slot: int, driver: int, fd: int, max_tasks: int, env: dict,
     from . import _core
 
     _core.guard_worker(driver)
+    # BLAS inherited from the driver is capped now, while the driver is still
+    # busy forking; the cap after the initializer then finds nothing to do.
+    _cap_native_threads()
     Worker(slot, driver, fd).serve(max_tasks)
     return 0
 

@@ -10,6 +10,7 @@
 #include <optional>
 
 #include "registry.hpp"
+#include "shoal/loaded_libraries.hpp"
 #include "shoal/pool_channel.hpp"
 #include "shoal/worker_supervisor.hpp"
 
@@ -61,6 +62,8 @@ FrameKind to_kind(std::uint32_t k) {
 }  // namespace
 
 static void bind(nb::module_& m) {
+  m.def("loaded_libraries", &shoal::loaded_libraries,
+        "Paths of the shared libraries loaded in this process (dl_iterate_phdr).");
   nb::class_<PoolChannel>(m, "PoolChannel")
       .def_static("create", &PoolChannel::create, nb::arg("slots"), nb::arg("ring_bytes"))
       .def_static("attach_fd", &PoolChannel::attach_fd, nb::arg("fd"))
