@@ -40,6 +40,18 @@ class Backend(abc.ABC):
         ``shoal.BrokenPool`` (or RuntimeError after shutdown) if it cannot
         accept work."""
 
+    def submitter(self) -> Callable[[Callable, tuple, "dict | None", "float | None"], Future]:
+        """``submit`` as a plain function of (fn, args tuple, kwargs or None,
+        timeout), for front ends that already hold those (Executor.submit):
+        a backend may return its engine's entry point and skip a layer."""
+        submit = self.submit
+
+        def call(fn: Callable, args: tuple, kwargs: dict | None,
+                 timeout: float | None) -> Future:
+            return submit(fn, args, kwargs, timeout=timeout)
+
+        return call
+
     def map(self, fn: Callable, iterable: Iterable, *, chunksize: int | None = None,
             ordered: bool = True, timeout: float | None = None) -> Iterator[Any]:
         """Yield ``fn(x)`` for each x (in order if ``ordered``). ``chunksize``

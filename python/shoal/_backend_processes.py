@@ -48,8 +48,10 @@ import types
 import weakref
 from collections import OrderedDict, deque
 from concurrent.futures import CancelledError, Future, InvalidStateError
-from concurrent.futures._base import (CANCELLED as _CANCELLED, FINISHED as _FINISHED,
-                                      PENDING as _F_PENDING, RUNNING as _RUNNING)
+from concurrent.futures._base import (CANCELLED as _CANCELLED,
+                                      CANCELLED_AND_NOTIFIED as _CANCELLED_NOTIFIED,
+                                      FINISHED as _FINISHED, PENDING as _F_PENDING,
+                                      RUNNING as _RUNNING)
 from typing import Any, Callable, Iterable, Iterator
 
 from . import _serialize
@@ -157,17 +159,28 @@ class ProcessFuture(Future):
         # PENDING while in the driver's backlog (cancellable), RUNNING once its
         # frame is on a worker's ring (at most CALL_DEPTH per worker).
         self._state = _F_PENDING
-        self._result = None
-        self._exception = None
         self._waiters = []
         self._done_callbacks = []
         self._engine = engine
 
+    # Class-level until set: two stores fewer per submit().
+    _result = None
+    _exception = None
+
+    def _finished(self) -> bool:
+        """done() without taking the condition (one attribute read is atomic);
+        the predicate result() polls while it drains results."""
+        state = self._state
+        return state is _FINISHED or state is _CANCELLED or state is _CANCELLED_NOTIFIED
+
     def result(self, timeout: float | None = None) -> Any:
-        if self._state is _FINISHED and self._exception is None:
+        if self._state is not _FINISHED:
+            if not self._finished() and not self._engine.wait_until(self._finished, timeout):
+                raise TimeoutError()
+            if self._state is not _FINISHED:
+                return super().result(timeout=0)  # cancelled: raises
+        if self._exception is None:
             return self._result  # set once, never changes afterwards
-        if not self.done() and not self._engine.wait_until(self.done, timeout):
-            raise TimeoutError()
         return super().result(timeout=0)
 
     def cancel(self) -> bool:
@@ -184,7 +197,7 @@ class ProcessFuture(Future):
         return True
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        if not self.done() and not self._engine.wait_until(self.done, timeout):
+        if not self._finished() and not self._engine.wait_until(self._finished, timeout):
             raise TimeoutError()
         return super().exception(timeout=0)
 
@@ -266,8 +279,12 @@ class _Engine:
         self.sup = _core.WorkerSupervisor(self.chan)
         self.limit = self.chan.max_payload // 2
         self.lock = threading.Lock()
-        self.cv = threading.Condition(threading.Lock())  # guards waiters
-        self.future_cond = threading.Condition()  # shared by every ProcessFuture
+        # (the plain locks under the conditions: `with lock` is C code,
+        # `with condition` a Python method call, on every result)
+        self.cv_lock = threading.Lock()
+        self.cv = threading.Condition(self.cv_lock)  # guards waiters
+        self.future_lock = threading.RLock()
+        self.future_cond = threading.Condition(self.future_lock)  # shared by every ProcessFuture
         self.waiters = 0
         self.last_waiter = 0.0
         self.dead_pids: list[int] = []
@@ -420,6 +437,8 @@ class _Engine:
             if entry is not None and entry[0] is fn:
                 fn_id = entry[1]
             else:
+                if not callable(fn):
+                    raise TypeError(f"{fn!r} is not callable")
                 fn_id = self._fn_id(fn)
                 entry = self.fns.get((id(fn), False))
             tid = next(self.ids)
@@ -893,7 +912,7 @@ class _Engine:
         """Drains results on this thread until pred() holds. False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         chan = self.chan
-        with self.cv:
+        with self.cv_lock:
             self.waiters += 1
         try:
             while True:
@@ -914,7 +933,7 @@ class _Engine:
                     wait = min(wait, 0.005)
                 chan.wait_driver(seen, wait, SPIN_US)
         finally:
-            with self.cv:
+            with self.cv_lock:
                 self.waiters -= 1
                 self.last_waiter = time.monotonic()
 
@@ -1051,7 +1070,8 @@ class _Engine:
         if not futs:
             return
         callbacks = []
-        with self.future_cond:
+        cond = self.future_cond
+        with self.future_lock:
             for fut, value in futs:
                 if fut._state is _RUNNING or fut._state is _F_PENDING:
                     fut._result = value
@@ -1060,7 +1080,8 @@ class _Engine:
                         waiter.add_result(fut)
                     if fut._done_callbacks:
                         callbacks.append(fut)
-            self.future_cond.notify_all()
+            if cond._waiters:  # threads in plain Future.result()/exception()
+                cond.notify_all()
         for fut in callbacks:
             fut._invoke_callbacks()
 
@@ -1402,6 +1423,9 @@ class ProcessBackend(Backend):
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
         return self._engine.submit(fn, tuple(args), kwargs or None, timeout)
+
+    def submitter(self) -> Callable[[Callable, tuple, "dict | None", "float | None"], Future]:
+        return self._engine.submit  # checks callable(fn) when it first meets fn
 
     def map(self, fn: Callable, iterable: Iterable, *, chunksize: int | None = None,
             ordered: bool = True, timeout: float | None = None) -> Iterator[Any]:

@@ -328,6 +328,7 @@ class Executor(cf.Executor):
         getattr(self._backend, "finish_at_exit", lambda: None)()
         self._task_timeout = task_timeout
         self._shutdown = False
+        self._submit = self._backend.submitter()
 
     @property
     def workers(self) -> int:
@@ -340,7 +341,7 @@ class Executor(cf.Executor):
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> cf.Future:
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
-        return self._backend.submit(fn, args, kwargs or None, timeout=self._task_timeout)
+        return self._submit(fn, args, kwargs or None, self._task_timeout)
 
     def submit_with(self, fn: Callable, args: tuple = (), kwargs: dict | None = None, *,
                     timeout: float | None = None) -> cf.Future:
