@@ -130,6 +130,44 @@ def measure(label: str, make: Callable[[], Any] | None, body: Callable[[Any], An
                 pass
 
 
+def measure_interleaved(variants: list, repeats: int) -> list[dict]:
+    """Like measure() for several rows, but one run of every row per round,
+    rounds repeated: a machine whose speed drifts over seconds (a shared VM)
+    then slows all rows alike instead of whichever ran last.
+    variants: (label, make, body, warm)."""
+    pools: list = []
+    rows: list[dict] = []
+    try:
+        live = []
+        for label, make, body, warm in variants:
+            try:
+                pool = make() if make is not None else None
+                pools.append(pool)
+                if warm is not None:
+                    warm(pool)
+                live.append((label, pool, body))
+            except Unavailable as exc:
+                rows.append({"label": label, "seconds": None, "error": str(exc)})
+        times: dict[str, list[float]] = {label: [] for label, _, _ in live}
+        for _ in range(repeats):
+            for label, pool, body in live:
+                gc.collect()
+                t0 = time.perf_counter()
+                body(pool)
+                times[label].append(time.perf_counter() - t0)
+        order = [v[0] for v in variants]
+        rows += [{"label": label, "seconds": statistics.median(ts)} for label, ts in times.items()]
+        rows.sort(key=lambda row: order.index(row["label"]))
+        return rows
+    finally:
+        for pool in pools:
+            if pool is not None:
+                try:
+                    close(pool)
+                except Exception:
+                    pass
+
+
 def warm_map(pool: Any) -> None:
     list(pool.map(f, range(4 * WORKERS)))
 
@@ -321,9 +359,33 @@ def goal7(q: bool, r: int):
         value = sum(p.map(integrate_block, tasks, chunksize=1))
         assert abs(value) < 1e-6
 
-    rows = [measure("serial Python", None, lambda p: integrate_rows(n, 0, n), r),
-            measure("shoal.Pool.map", shoal_pool, body, r, warm_map),
-            measure("multiprocessing.Pool.map", mp_pool, body, r, warm_map)]
+    def bare(_):
+        # What this machine gives two processes at all: fork two children,
+        # each integrates half the rows and writes its sum to a pipe. No pool,
+        # no scheduling: the ceiling any pool's speedup is measured under.
+        kids = []
+        for k in range(WORKERS):
+            r_fd, w_fd = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                os.close(r_fd)
+                v = integrate_rows(n, n * k // WORKERS, n * (k + 1) // WORKERS)
+                os.write(w_fd, repr(v).encode())
+                os._exit(0)
+            os.close(w_fd)
+            kids.append((pid, r_fd))
+        value = 0.0
+        for pid, r_fd in kids:
+            with os.fdopen(r_fd, "rb") as fh:
+                value += float(fh.read())
+            os.waitpid(pid, 0)
+        assert abs(value) < 1e-6
+
+    rows = measure_interleaved([
+        ("serial Python", None, lambda p: integrate_rows(n, 0, n), None),
+        ("shoal.Pool.map", shoal_pool, body, warm_map),
+        ("multiprocessing.Pool.map", mp_pool, body, warm_map),
+        (f"{WORKERS} bare forked processes (ceiling)", None, bare, None)], max(r, 5))
     return (rows, "shoal.Pool.map", "serial Python", 1.9,
             f"2D integration of sin(x+y), n = {n}, {blocks} row blocks")
 

@@ -77,13 +77,25 @@ SPIN_US = float(os.environ.get("SHOAL_DRIVER_SPIN_US", "50"))
 #: Call frames (submit/apply tasks) in flight per worker; the rest wait in the
 #: driver's backlog with PENDING futures, so that Future.cancel() and
 #: shutdown(cancel_futures=True) can still stop them (CPython's
-#: EXTRA_QUEUED_CALLS idea). Map items (Batch frames) are not bounded.
+#: EXTRA_QUEUED_CALLS idea).
 CALL_DEPTH = max(1, int(os.environ.get("SHOAL_CALL_DEPTH", "8")))
 #: ... except for a worker that returned a result within the last HOT_S
 #: seconds: it streams short tasks, and 8 would starve it between the
 #: driver's refills; its queued tasks all start within milliseconds.
 CALL_DEPTH_HOT = max(CALL_DEPTH, int(os.environ.get("SHOAL_CALL_DEPTH_HOT", "64")))
 HOT_S = 0.002
+#: Map Batch frames in flight per worker. The rest wait in the backlog and
+#: go to whichever worker frees up first: a worker slowed down (a busy
+#: neighbour on a shared machine, costlier items) then gets fewer items
+#: instead of a fixed share. How many, from the worker's pace (seconds per
+#: item while it had work queued): frames of 20 ms or more go one at a time,
+#: like multiprocessing's shared queue (a round trip is ~0.1 ms of that);
+#: shorter ones two, and four when a frame takes under 1 ms, so that the
+#: worker never idles between the driver's refills.
+MAP_FRAMES = max(1, int(os.environ.get("SHOAL_MAP_FRAMES", "2")))
+MAP_FRAMES_HOT = max(MAP_FRAMES, 4)
+MAP_LONG_FRAME_S = 0.020
+MAP_SHORT_FRAME_S = 0.001
 #: starts in a row that die before the worker is ready: the pool is broken
 _MAX_EARLY_DEATHS = 3
 
@@ -119,10 +131,12 @@ class _Task:
 
 
 class _MapJob:
-    __slots__ = ("results", "done", "ordered", "cancelled", "name")
+    __slots__ = ("results", "done", "ordered", "cancelled", "name", "per_frame", "finished")
 
-    def __init__(self, ordered: bool, name: str = "") -> None:
+    def __init__(self, ordered: bool, name: str = "", per_frame: int = 64) -> None:
         self.name = name
+        self.per_frame = per_frame
+        self.finished = 0  # results (values or failures) stored so far
         self.results: list = []
         self.done: deque = deque()  # completed indices, for unordered maps
         self.ordered = ordered
@@ -131,7 +145,7 @@ class _MapJob:
 
 class _Slot:
     __slots__ = ("index", "pid", "tasks", "sent_fns", "ready", "budget", "early_deaths",
-                 "last_result")
+                 "last_result", "pace", "busy")
 
     def __init__(self, index: int, budget: int | None) -> None:
         self.index = index
@@ -142,6 +156,8 @@ class _Slot:
         self.budget = budget
         self.early_deaths = 0
         self.last_result = 0.0  # time.monotonic() of its last task result
+        self.pace = 0.0         # seconds per task while busy (0: not known yet)
+        self.busy = False       # it had tasks left after its last result
 
 
 class ProcessFuture(Future):
@@ -365,6 +381,8 @@ class _Engine:
         s.ready = False
         s.budget = self.max_tasks
         s.last_result = 0.0
+        s.pace = 0.0
+        s.busy = False
         s.pid = 0
         if self._env is None:
             self._env = self._worker_env()
@@ -575,8 +593,11 @@ class _Engine:
             return False
         if s.budget is not None and s.budget < len(tasks):
             return False
-        if tasks[0].data is not None and self._room(s) <= 0:
-            return False  # Calls wait PENDING in the backlog (cancellable)
+        if tasks[0].data is not None:
+            if self._room(s) <= 0:
+                return False  # Calls wait PENDING in the backlog (cancellable)
+        elif s.tasks and len(s.tasks) >= len(tasks) * self._map_frames(s, len(tasks)):
+            return False  # map items wait for the first worker to free up
         frames, owners = self._frames_for(s, tasks)
         n = self.chan.push_tasks(s.index, frames)
         if n < len(frames):
@@ -625,8 +646,19 @@ class _Engine:
                 except SerializationError as exc:
                     del self.tasks[t.id]
                     t.job.results[t.index] = _Failed(exc)
+                    t.job.finished += 1
                     t.job.done.append(t.index)
             return not good or self._place(good)
+
+    @staticmethod
+    def _map_frames(s: _Slot, per_frame: int) -> int:
+        """Map frames of per_frame items that slot s may have in flight."""
+        frame_s = s.pace * per_frame
+        if frame_s >= MAP_LONG_FRAME_S:
+            return 1
+        if frame_s == 0.0 or frame_s >= MAP_SHORT_FRAME_S:
+            return MAP_FRAMES
+        return MAP_FRAMES_HOT
 
     @staticmethod
     def _room(s: _Slot) -> int:
@@ -711,7 +743,7 @@ class _Engine:
                 self.timed.discard(first.id)
                 continue
             group = [backlog.popleft()]
-            limit = 64 if first.data is None else 1
+            limit = first.job.per_frame if first.data is None and first.job is not None else 1
             while backlog and len(group) < limit and backlog[0].fn_id == first.fn_id and \
                     (backlog[0].data is None) == (first.data is None):
                 group.append(backlog.popleft())
@@ -768,8 +800,12 @@ class _Engine:
         else:
             per_frame = max(1, min(512, n_units // (self.workers * 8)))
         window = max(per_frame * self.workers * 4, 2 * self.workers)
+        if chunks:
+            # In flight, not unread (see _map_iter): room for a stalled
+            # worker's queued frames and two frames for each of the others.
+            window = max(window, per_frame * (MAP_FRAMES_HOT + 2 * self.workers))
         name = _describe_fn(fn)
-        job = _MapJob(ordered, name)
+        job = _MapJob(ordered, name, per_frame)
         with self.lock:
             self._check_open()
             fn_id = self._fn_id(task_fn, chunked=chunksize > 1)
@@ -821,9 +857,15 @@ class _Engine:
         yielded = 0
         exhausted = False
 
+        # map_list (chunks) keeps every result until the end anyway: its window
+        # bounds the items in flight, not those not yet handed over, so that
+        # one long item at the head does not stall the items behind it.
+        def in_window() -> int:
+            return len(results) - (job.finished if chunks else yielded)
+
         def refill() -> None:
             nonlocal exhausted
-            while not exhausted and len(results) - yielded < window:
+            while not exhausted and in_window() < window:
                 items = list(itertools.islice(units, per_frame))
                 if not items:
                     exhausted = True
@@ -837,11 +879,17 @@ class _Engine:
             refill()
             if job.ordered and chunks:
                 # map_list: hand over every consecutive finished result at once.
+                low = window - per_frame  # refill as soon as a frame fits
                 while nxt < len(results):
                     if results[nxt] is _PENDING:
                         i = nxt
-                        if not self.wait_until(lambda: results[i] is not _PENDING, remaining()):
+                        if not self.wait_until(
+                                lambda: results[i] is not _PENDING or (
+                                    not exhausted and in_window() <= low), remaining()):
                             raise TimeoutError("map() timed out")
+                        if results[nxt] is _PENDING:
+                            refill()  # room behind a slow head item
+                            continue
                     end = nxt + 1
                     size = len(results)
                     while end < size and results[end] is not _PENDING:
@@ -853,7 +901,7 @@ class _Engine:
                     for r in run:
                         if type(r) is _Failed:
                             raise r.exc
-                    if not exhausted and len(results) - yielded < window // 2:
+                    if not exhausted and in_window() <= low:
                         refill()
                     if flatten:
                         yield list(itertools.chain.from_iterable(run))
@@ -998,7 +1046,10 @@ class _Engine:
                     # backlog (seen: a module-scoped pool hung after a few
                     # abandoned maps).
                     s.tasks.pop(tid, None)
+                    if s.busy:  # ran from its previous result to now
+                        s.pace = now - s.last_result
                     s.last_result = now
+                    s.busy = bool(s.tasks)
                     task = tasks.pop(tid, None)
                     if task is None:
                         continue  # cancelled or abandoned meanwhile
@@ -1063,6 +1114,7 @@ class _Engine:
             if job is not None:
                 if not job.cancelled:
                     job.results[task.index] = value
+                    job.finished += 1
                     if not job.ordered:
                         job.done.append(task.index)
             else:
@@ -1105,6 +1157,7 @@ class _Engine:
                 if job is not None:
                     if not job.cancelled:
                         job.results[task.index] = value
+                        job.finished += 1
                         if not job.ordered:
                             job.done.append(task.index)
                 else:
@@ -1129,6 +1182,7 @@ class _Engine:
         if job is not None:
             if not job.cancelled:
                 job.results[task.index] = _Failed(exc)
+                job.finished += 1
                 if not job.ordered:
                     job.done.append(task.index)
             return

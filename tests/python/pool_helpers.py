@@ -127,3 +127,9 @@ def wait_gone(pids, timeout=10.0):
 
 def getenv(name):
     return os.environ.get(name)
+
+
+def pid_after(seconds_by_item, x):
+    """Sleeps seconds_by_item.get(x, default) and returns (x, this worker's pid)."""
+    time.sleep(seconds_by_item.get(x, seconds_by_item.get("default", 0.0)))
+    return x, os.getpid()

@@ -25,6 +25,7 @@ from pool_helpers import (
     get_state,
     getenv,
     initializer_fails,
+    pid_after,
     pid_of_worker,
     raise_value_error,
     return_unpicklable,
@@ -439,3 +440,22 @@ def test_a_numpy_driver_forks_its_workers_and_blas_works_in_them(tmp_path):
     if os.cpu_count() and len(os.sched_getaffinity(0)) > 1:
         assert "openblas-pthreads True" in out.stdout and out.stdout.strip().endswith("forked"), \
             out.stdout
+
+
+def test_map_items_go_to_the_worker_that_frees_up_first():
+    """A map does not deal its items out in fixed shares: a worker held up by
+    one long item keeps at most the few frames queued behind it, and the
+    other worker takes the rest (multiprocessing's shared queue does the
+    same; fixed shares made a slowed-down worker the whole map's tail)."""
+    import functools
+
+    fn = functools.partial(pid_after, {0: 2.0, "default": 0.02})
+    with shoal.Pool(2) as p:
+        p.map(square, range(4))  # both workers up
+        out = p.map(fn, range(12), chunksize=1)
+    assert [x for x, _ in out] == list(range(12))
+    slow = out[0][1]
+    on_slow = [x for x, pid in out if pid == slow]
+    # item 0 plus what was queued behind it before its pace was known
+    # (MAP_FRAMES_HOT at most)
+    assert len(on_slow) <= 4, on_slow
