@@ -14,21 +14,15 @@ Names are imported on first use, so ``import shoal`` stays cheap.
 from __future__ import annotations
 
 import importlib
-from typing import Any
 
-from ._errors import (
-    BrokenPool,
-    RemoteTraceback,
-    SerializationError,
-    ShoalError,
-    TaskTimeout,
-    WorkerLost,
-)
+from ._errors import RemoteTraceback, SerializationError, ShoalError, TaskTimeout
 
 __version__ = "0.1.0"
 
 # public name -> module that defines it
 _LAZY = {
+    "BrokenPool": "._errors",
+    "WorkerLost": "._errors",
     "Allocation": ".allocation",
     "default_workers": ".allocation",
     "Pool": ".pool",
@@ -53,7 +47,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in _SUBMODULES:
         return importlib.import_module("." + name, __name__)
     module = _LAZY.get(name)

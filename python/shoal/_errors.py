@@ -10,31 +10,48 @@
 
 from __future__ import annotations
 
-from concurrent.futures import BrokenExecutor
-from concurrent.futures.process import BrokenProcessPool
-
 
 class ShoalError(Exception):
     """Base class of every shoal error."""
 
 
-class BrokenPool(ShoalError, BrokenExecutor):
-    """The pool cannot run tasks any more (shut down, or its engine failed).
+def _broken_classes() -> None:
+    """BrokenPool and WorkerLost derive from concurrent.futures' classes, whose
+    modules import multiprocessing and logging: 30 ms of every spawned
+    worker's start, which never needs them. Built on first use instead."""
+    from concurrent.futures import BrokenExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
-    Also a ``concurrent.futures.BrokenExecutor`` (so a ``RuntimeError``): code
-    written for the standard executors catches it unchanged."""
+    class BrokenPool(ShoalError, BrokenExecutor):
+        """The pool cannot run tasks any more (shut down, or its engine failed).
+
+        Also a ``concurrent.futures.BrokenExecutor`` (so a ``RuntimeError``):
+        code written for the standard executors catches it unchanged."""
+
+    class WorkerLost(BrokenPool, BrokenProcessPool):
+        """The worker running a task died (killed, crashed, exited) before
+        returning.
+
+        Also a ``concurrent.futures.process.BrokenProcessPool``, what ported
+        ``ProcessPoolExecutor`` code catches."""
+
+        def __init__(self, message: str, *, exitcode: int | None = None,
+                     signal: int | None = None):
+            super().__init__(message)
+            self.exitcode = exitcode
+            self.signal = signal
+
+    for cls in (BrokenPool, WorkerLost):
+        cls.__module__ = __name__
+        cls.__qualname__ = cls.__name__
+        globals()[cls.__name__] = cls
 
 
-class WorkerLost(BrokenPool, BrokenProcessPool):
-    """The worker running a task died (killed, crashed, exited) before returning.
-
-    Also a ``concurrent.futures.process.BrokenProcessPool``, what ported
-    ``ProcessPoolExecutor`` code catches."""
-
-    def __init__(self, message: str, *, exitcode: int | None = None, signal: int | None = None):
-        super().__init__(message)
-        self.exitcode = exitcode
-        self.signal = signal
+def __getattr__(name: str) -> type:
+    if name in ("BrokenPool", "WorkerLost"):
+        _broken_classes()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class TaskTimeout(ShoalError, TimeoutError):

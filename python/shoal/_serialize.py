@@ -55,9 +55,10 @@ import threading
 import struct
 import weakref
 from types import FunctionType as _FunctionType
-from typing import Any
 
 from ._errors import SerializationError
+
+Any = object  # annotations only (typing costs a spawned worker's start 5 ms)
 
 __all__ = ["Payload", "dumps", "loads", "OUT_OF_BAND_THRESHOLD", "clear_segment_cache",
            "trim_receiver_mappings"]
