@@ -211,6 +211,10 @@ DRIVER = textwrap.dedent("""
     import shoal
     from pool_helpers import sleep_return
     mode = {mode!r}
+    if {numpy!r}:  # a numpy driver: OpenBLAS threads up, workers forked all the same
+        import numpy as np
+        a = np.ones((256, 256))
+        a @ a
     pool = shoal.Pool(2)
     pool.map(abs, range(10))
     big = b"x" * (4 << 20)   # travels through a shared-memory segment
@@ -235,9 +239,9 @@ DRIVER = textwrap.dedent("""
 """)
 
 
-def _start_driver(mode, tmp_path):
+def _start_driver(mode, tmp_path, numpy=False):
     script = tmp_path / f"driver_{mode}.py"
-    script.write_text(DRIVER.format(here=HERE, mode=mode))
+    script.write_text(DRIVER.format(here=HERE, mode=mode, numpy=numpy))
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
@@ -257,9 +261,10 @@ def _assert_clean(driver, workers):
     assert shm_segments_of([driver] + workers) == []
 
 
-@pytest.mark.parametrize("mode", ["sigint", "exit", "sigkill"])
-def test_driver_end_leaves_no_worker_and_no_segment(mode, tmp_path):
-    proc, driver, workers = _start_driver(mode, tmp_path)
+@pytest.mark.parametrize("mode,numpy", [("sigint", False), ("exit", False), ("sigkill", False),
+                                        ("sigint", True), ("sigkill", True)])
+def test_driver_end_leaves_no_worker_and_no_segment(mode, numpy, tmp_path):
+    proc, driver, workers = _start_driver(mode, tmp_path, numpy)
     if mode == "sigint":
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)

@@ -152,6 +152,20 @@ SIGINT_DRIVERS = {
             pool.map(h.sleep_return, [60] * 8, chunksize=1)
             print("MAP RETURNED", flush=True)
     """,
+    # A numpy driver: OpenBLAS's threads are up, and the workers are forked
+    # all the same (OpenBLAS stops them around fork).
+    "numpy": """
+        import os
+        import numpy as np
+        import shoal
+        import conformance_helpers as h
+        a = np.ones((256, 256))
+        a @ a
+        with shoal.Pool(2) as pool:
+            print("PIDS", os.getpid(), *pool.backend.pids, flush=True)
+            pool.map(h.sleep_return, [60] * 8, chunksize=1)
+            print("MAP RETURNED", flush=True)
+    """,
     "executor": """
         import os, shoal
         import conformance_helpers as h
