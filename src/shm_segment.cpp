@@ -55,7 +55,13 @@ void* map_fd(int fd, std::size_t size, const std::string& name) {
 }  // namespace
 
 SharedSegment::SharedSegment(std::string name, void* data, std::size_t size, bool owns)
-    : name_(std::move(name)), data_(data), size_(size), owns_name_(owns) {}
+    : name_(std::move(name)), data_(data), size_(size), owns_name_(owns),
+      owner_pid_(owns ? getpid() : 0) {}
+
+void SharedSegment::adopt_name() noexcept {
+  owns_name_ = true;
+  owner_pid_ = getpid();
+}
 
 SharedSegment SharedSegment::create(std::size_t size) {
   if (size == 0) size = 1;
@@ -108,7 +114,8 @@ SharedSegment::SharedSegment(SharedSegment&& other) noexcept
     : name_(std::move(other.name_)),
       data_(std::exchange(other.data_, nullptr)),
       size_(std::exchange(other.size_, 0)),
-      owns_name_(std::exchange(other.owns_name_, false)) {}
+      owns_name_(std::exchange(other.owns_name_, false)),
+      owner_pid_(std::exchange(other.owner_pid_, 0)) {}
 
 SharedSegment& SharedSegment::operator=(SharedSegment&& other) noexcept {
   if (this != &other) {
@@ -117,6 +124,7 @@ SharedSegment& SharedSegment::operator=(SharedSegment&& other) noexcept {
     data_ = std::exchange(other.data_, nullptr);
     size_ = std::exchange(other.size_, 0);
     owns_name_ = std::exchange(other.owns_name_, false);
+    owner_pid_ = std::exchange(other.owner_pid_, 0);
   }
   return *this;
 }
@@ -129,7 +137,7 @@ void SharedSegment::unlink() noexcept {
 }
 
 void SharedSegment::close() noexcept {
-  if (owns_name_) unlink();
+  if (owns_name_ && owner_pid_ == getpid()) unlink();
   if (data_ != nullptr) munmap(data_, size_);
   data_ = nullptr;
   size_ = 0;

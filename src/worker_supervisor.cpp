@@ -55,6 +55,7 @@ WorkerSupervisor::WorkerSupervisor(std::function<void()> on_exit) : on_exit_(std
   } else {
     use_pidfd_ = false;
   }
+  owner_pid_ = getpid();
   thread_ = std::thread([this] { run(); });
 }
 
@@ -241,6 +242,13 @@ void WorkerSupervisor::run() {
 }
 
 void WorkerSupervisor::stop(double grace_seconds) {
+  if (getpid() != owner_pid_) {
+    // A forked copy: its thread handle names a thread of the parent. Leak the
+    // handle (joining or detaching it would act on a thread that is not
+    // here; destroying it joinable would std::terminate).
+    if (thread_.joinable()) (void)new std::thread(std::move(thread_));  // NOLINT
+    return;
+  }
   {
     std::lock_guard lock(mu_);
     if (!stopping_) {

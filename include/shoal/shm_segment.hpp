@@ -9,6 +9,8 @@
 // until every process has unmapped (the kernel frees the memory then).
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstddef>
 #include <string>
 
@@ -37,7 +39,7 @@ class SharedSegment {
   // This object will no longer unlink the name on destruction.
   void release_name() noexcept { owns_name_ = false; }
   // Takes over the duty to unlink (for a receiver that attached).
-  void adopt_name() noexcept { owns_name_ = true; }
+  void adopt_name() noexcept;
 
  private:
   SharedSegment(std::string name, void* data, std::size_t size, bool owns);
@@ -47,6 +49,10 @@ class SharedSegment {
   void* data_ = nullptr;
   std::size_t size_ = 0;
   bool owns_name_ = false;
+  // The process that took the duty to unlink. A forked copy of this object
+  // (a child of the driver that exits normally) must not unlink its parent's
+  // segments when it is destroyed.
+  pid_t owner_pid_ = 0;
 };
 
 // The prefix of every shoal segment name (without the leading '/').

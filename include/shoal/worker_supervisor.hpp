@@ -97,6 +97,10 @@ class WorkerSupervisor {
   bool stopping_ = false;                 // guarded by mu_
   double grace_ = 0;                      // guarded by mu_
   std::thread thread_;
+  // The process whose thread this is. In a forked copy (a child of the driver
+  // that exits normally) the thread does not exist and the workers are the
+  // parent's: stop() and the destructor then touch neither.
+  pid_t owner_pid_ = 0;
 };
 
 // ---- inside a worker ----

@@ -328,6 +328,8 @@ class _Engine:
         except BaseException:
             self.close(0)
             raise
+        self.owner_pid = os.getpid()
+        _ENGINES.add(self)
         self.thread = threading.Thread(target=self._collector, name="shoal-collector", daemon=True)
         self.thread.start()
 
@@ -958,6 +960,9 @@ class _Engine:
     # ------------------------------------------------------------ collecting
     def wait_until(self, pred: Callable[[], bool], timeout: float | None) -> bool:
         """Drains results on this thread until pred() holds. False on timeout."""
+        if self.owner_pid != os.getpid() and not pred():
+            raise BrokenPool(f"this pool belongs to process {self.owner_pid}; a process "
+                             f"forked from it cannot wait for its tasks")
         deadline = None if timeout is None else time.monotonic() + timeout
         chan = self.chan
         with self.cv_lock:
@@ -1387,6 +1392,37 @@ class _Engine:
             self.init_payload = None
             for task in self.tasks.values():
                 task.keep = None
+
+
+#: Every live engine, so that a child forked from the driver can disown them.
+_ENGINES: "weakref.WeakSet[_Engine]" = weakref.WeakSet()
+
+
+def _disown_in_child() -> None:
+    """Runs in every child forked from a driver (shoal's own workers, a
+    multiprocessing fork Process, a user's os.fork()). The engines, their
+    threads and their workers are the parent's: mark them stopped and broken,
+    so that the child's exit hooks, finalizers and gc leave them alone (they
+    used to tell the parent's workers to stop, and to join threads that do
+    not exist here) and any use raises BrokenPool."""
+    if not _ENGINES:
+        return
+    from . import _core
+
+    _core.set_leak_warnings(False)  # they stay alive, abandoned, until this child ends
+    for engine in list(_ENGINES):
+        # Locks a parent thread held at the fork stay held here: new ones.
+        engine.lock = threading.Lock()
+        engine.cv_lock = threading.Lock()
+        engine.cv = threading.Condition(engine.cv_lock)
+        engine.stopped = True
+        engine.closing = True
+        engine.thread = None  # the parent's collector (its target would keep a cycle)
+        engine.broken = RuntimeError(f"it belongs to process {engine.owner_pid}, and this "
+                                     f"process ({os.getpid()}) was forked from it")
+
+
+os.register_at_fork(after_in_child=_disown_in_child)
 
 
 def _can_fork() -> bool:

@@ -20,5 +20,9 @@ NB_MODULE(_core, m) {
       PyErr_SetObject(PyExc_OSError, exc.ptr());
     }
   });
+  // A child forked from a driver abandons the parent's pool objects on
+  // purpose (shoal._backend_processes._disown_in_child): they are still alive
+  // when the child's interpreter ends, which nanobind would report as leaks.
+  m.def("set_leak_warnings", [](bool on) { nb::set_leak_warnings(on); }, nb::arg("on"));
   for (auto bind : shoal::py::binders()) bind(m);
 }

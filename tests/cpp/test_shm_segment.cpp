@@ -91,3 +91,21 @@ TEST(SharedSegment, SweepRemovesSegmentsOfDeadCreatorsOnly) {
   EXPECT_FALSE(exists_in_dev_shm(orphan));
   EXPECT_TRUE(exists_in_dev_shm(mine.name()));
 }
+
+// A forked copy of the owner (a child of the driver that exits normally)
+// destroys its copy of the segment object without unlinking the name.
+TEST(SharedSegment, AForkedCopyDoesNotUnlinkTheParentsName) {
+  auto seg = SharedSegment::create(64);
+  const std::string name = seg.name();
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    { SharedSegment copy = std::move(seg); }  // destroyed here, in the child
+    _exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(exists_in_dev_shm(name)) << "the child unlinked its parent's segment";
+  seg = SharedSegment::create(1);  // in the owner, letting go still unlinks
+  EXPECT_FALSE(exists_in_dev_shm(name));
+}

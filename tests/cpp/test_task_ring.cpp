@@ -316,3 +316,30 @@ TEST(WorkerSupervisor, AdoptsAChildForkedBeforeItStarted) {
   EXPECT_EQ(exits[0].pid, child);
   EXPECT_EQ(exits[0].exit_code, 5);
 }
+
+// A child forked from a process that runs a supervisor (a multiprocessing
+// fork Process of a shoal driver) must not stop, kill or join anything of its
+// parent's when it ends: the thread is not there and the workers are not its.
+TEST(WorkerSupervisor, AForkedCopyLeavesTheParentsWorkersAlone) {
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "fork with a running thread: see ParallelFork.ChildGetsWorkingPools";
+#else
+  auto ch = shoal::PoolChannel::create(1, 4096);
+  shoal::WorkerSupervisor sup(nullptr);
+  pid_t worker = sup.spawn(0, {"/bin/sh", "-c", "exec sleep 30"}, {}, ch.fd());
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    sup.stop(0);  // returns at once, kills nothing
+    _exit(sup.alive() == 1 && kill(worker, 0) == 0 ? 0 : 1);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  EXPECT_EQ(kill(worker, 0), 0) << "the parent's worker was killed by the forked copy";
+  EXPECT_EQ(sup.alive(), 1u);
+  sup.stop(0);
+  EXPECT_EQ(sup.alive(), 0u);
+#endif
+}

@@ -404,3 +404,56 @@ def test_thousands_of_tasks_and_the_pool_dropped_midway_does_not_hang(tmp_path, 
             for x in ln.split()[1:]]
     assert _alive(pids) == []
     assert _segments_of(pids) == []
+
+
+FORKED_CHILD_DRIVER = """
+    import os, sys, multiprocessing as mp
+    import numpy as np
+    import shoal
+    import conformance_helpers as h
+
+    def in_child_use_parent_pool(ex):
+        try:
+            ex.submit(abs, -1)
+        except shoal.BrokenPool as e:
+            print("CHILD REFUSED", type(e).__name__, flush=True)
+
+    if __name__ == "__main__":
+        ex = shoal.Executor(2)
+        pool = shoal.Pool(2)
+        big = np.arange(1 << 18, dtype=np.float64)   # a segment in flight
+        assert ex.submit(h.identity, big).result().sum() == big.sum()
+        print("BEFORE", ex.submit(abs, -2).result(), pool.apply(abs, (-3,)), flush=True)
+        # a multiprocessing fork child, which runs threading's exit hooks
+        p = mp.get_context("fork").Process(target=in_child_use_parent_pool, args=(ex,))
+        p.start(); p.join(60)
+        print("MP CHILD EXIT", p.exitcode, flush=True)
+        # a plain fork whose child leaves through sys.exit: every finalizer runs
+        pid = os.fork()
+        if pid == 0:
+            sys.exit(0)
+        _, status = os.waitpid(pid, 0)
+        print("FORK CHILD EXIT", os.waitstatus_to_exitcode(status), flush=True)
+        print("AFTER", ex.submit(abs, -4).result(timeout=30),
+              pool.apply_async(abs, (-5,)).get(timeout=30),
+              ex.submit(h.identity, big).result(timeout=30).sum() == big.sum(), flush=True)
+        ex.shutdown(); pool.close(); pool.join()
+"""
+
+
+def test_children_forked_from_the_driver_leave_its_pools_alone(tmp_path):
+    """A child forked from the driver (a multiprocessing fork Process, a plain
+    os.fork() that exits normally) inherits the pool objects. Its exit hooks
+    and finalizers used to stop the parent's workers, or hang joining threads
+    that do not exist in the child. Now the child disowns them: using one
+    there raises BrokenPool, its exit touches nothing, and the parent's pools
+    and shared-memory segments go on working."""
+    drv = _script(tmp_path, "forked_child.py", FORKED_CHILD_DRIVER)
+    out = _run([sys.executable, drv], timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert "BEFORE 2 3" in lines, out.stdout
+    assert "CHILD REFUSED BrokenPool" in lines, out.stdout + out.stderr
+    assert "MP CHILD EXIT 0" in lines and "FORK CHILD EXIT 0" in lines, out.stdout
+    assert "AFTER 4 5 True" in lines, out.stdout + out.stderr
+    assert "leaked" not in out.stderr, out.stderr
