@@ -65,6 +65,13 @@ class _Lib:
                     if self.shutdown is not None:
                         self.shutdown.argtypes = []
                         self.shutdown.restype = ctypes.c_int
+                    # How many threads its server started (get_num_threads() is
+                    # only how many a call uses now: threadpool_limits(1) lowers
+                    # it and leaves the threads running).
+                    try:
+                        self.server = ctypes.c_int.in_dll(lib, "blas_num_threads")
+                    except ValueError:
+                        self.server = None
                     return
         raise OSError(f"{path}: no OpenBLAS threading API found")
 
@@ -97,7 +104,8 @@ def fork_safe_threads() -> int:
     for lib in found[0]:
         if lib.parallel() != 1:
             return 0
-        allowed += max(0, lib.get() - 1)
+        started = lib.server.value if lib.server is not None else 0
+        allowed += max(0, max(lib.get(), started) - 1)
     return allowed
 
 

@@ -429,6 +429,12 @@ def test_a_numpy_driver_forks_its_workers_and_blas_works_in_them(tmp_path):
                 # spinning in a worker (it used to burn ~0.1 s of CPU each)
                 assert pool.map(threads_after_blas, range(4), chunksize=1) == [1] * 4
         float((a @ a).sum())  # and the driver's BLAS still works
+        if threaded:
+            # threadpool_limits(1) lowers the count a call uses and leaves the
+            # server's threads running: still OpenBLAS's, still forkable
+            from threadpoolctl import threadpool_limits
+            with threadpool_limits(1):
+                assert _can_fork()
         ev = threading.Event()
         t = threading.Thread(target=ev.wait)
         t.start()
