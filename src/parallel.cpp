@@ -2,16 +2,11 @@
 // waiting. Data flow: see the top of include/shoal/parallel.hpp.
 #include "shoal/parallel.hpp"
 
+#include "shoal/detail/cpu_relax.hpp"
+
 namespace shoal::detail {
 
 namespace {
-inline void cpu_relax() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield" ::: "memory");
-#endif
-}
 // The caller spins this long for the last chunks before it sleeps: joins of
 // short loops complete within the spin, long ones do not care about a futex.
 constexpr int kJoinSpin = 1 << 12;

@@ -17,6 +17,7 @@
 #include <string>
 
 #include "shoal/check.hpp"
+#include "shoal/detail/cpu_relax.hpp"
 
 namespace shoal {
 
@@ -25,15 +26,6 @@ namespace {
 thread_local ThreadPool* tl_pool = nullptr;  // the pool this thread works for
 thread_local int tl_index = -1;              // its index there
 
-inline void cpu_relax() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield" ::: "memory");
-#else
-  std::this_thread::yield();
-#endif
-}
 
 // How long an idle worker keeps looking for work before it sleeps. A worker
 // that sleeps costs a futex wake-up (microseconds) on the next fork; one that
@@ -142,7 +134,7 @@ void ThreadPool::worker_main(int index, std::vector<int> cpus) {
     }
     bool found = false;
     for (int s = 0; s < kSpinRounds && !found; ++s) {
-      cpu_relax();
+      detail::cpu_relax();
       found = has_work();
     }
     if (found) continue;

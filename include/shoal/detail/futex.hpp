@@ -5,6 +5,8 @@
 #include <atomic>
 #include <cstdint>
 
+#include "shoal/detail/cpu_relax.hpp"
+
 namespace shoal::detail {
 
 static_assert(sizeof(std::atomic<std::uint32_t>) == 4 && std::atomic<std::uint32_t>::is_always_lock_free,
@@ -22,13 +24,5 @@ void futex_wake(std::atomic<std::uint32_t>* word, int n) noexcept;
 // CLOCK_MONOTONIC in nanoseconds: the same clock in every process of the
 // machine, so a driver can compare a worker's timestamps with its own.
 std::uint64_t monotonic_ns() noexcept;
-
-inline void cpu_relax() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield" ::: "memory");
-#endif
-}
 
 }  // namespace shoal::detail
