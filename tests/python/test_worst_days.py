@@ -135,6 +135,14 @@ def test_dev_shm_full_shared_array_is_a_clear_error(tmp_path):
 
 
 # ------------------------------------------------------------------ Ctrl-C
+_WITH_POOL = """
+        import os, shoal
+        import conformance_helpers as h
+        with shoal.Pool(2) as pool:
+            print("PIDS", os.getpid(), *pool.backend.pids, flush=True)
+            pool.map(h.sleep_return, [60] * 8, chunksize=1)
+            print("MAP RETURNED", flush=True)
+    """
 SIGINT_DRIVERS = {
     "pool": """
         import os, shoal
@@ -144,28 +152,14 @@ SIGINT_DRIVERS = {
         pool.map(h.sleep_return, [60] * 8, chunksize=1)
         print("MAP RETURNED", flush=True)
     """,
-    "with": """
-        import os, shoal
-        import conformance_helpers as h
-        with shoal.Pool(2) as pool:
-            print("PIDS", os.getpid(), *pool.backend.pids, flush=True)
-            pool.map(h.sleep_return, [60] * 8, chunksize=1)
-            print("MAP RETURNED", flush=True)
-    """,
+    "with": _WITH_POOL,
     # A numpy driver: OpenBLAS's threads are up, and the workers are forked
     # all the same (OpenBLAS stops them around fork).
     "numpy": """
-        import os
         import numpy as np
-        import shoal
-        import conformance_helpers as h
         a = np.ones((256, 256))
         a @ a
-        with shoal.Pool(2) as pool:
-            print("PIDS", os.getpid(), *pool.backend.pids, flush=True)
-            pool.map(h.sleep_return, [60] * 8, chunksize=1)
-            print("MAP RETURNED", flush=True)
-    """,
+    """ + _WITH_POOL,
     "executor": """
         import os, shoal
         import conformance_helpers as h
