@@ -329,6 +329,7 @@ class _Engine:
             self.close(0)
             raise
         self.owner_pid = os.getpid()
+        self.disowned = False  # set in a child forked from this process
         _ENGINES.add(self)
         self.thread = threading.Thread(target=self._collector, name="shoal-collector", daemon=True)
         self.thread.start()
@@ -960,7 +961,7 @@ class _Engine:
     # ------------------------------------------------------------ collecting
     def wait_until(self, pred: Callable[[], bool], timeout: float | None) -> bool:
         """Drains results on this thread until pred() holds. False on timeout."""
-        if self.owner_pid != os.getpid() and not pred():
+        if self.disowned and not pred():
             raise BrokenPool(f"this pool belongs to process {self.owner_pid}; a process "
                              f"forked from it cannot wait for its tasks")
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -1418,6 +1419,7 @@ def _disown_in_child() -> None:
         engine.stopped = True
         engine.closing = True
         engine.thread = None  # the parent's collector (its target would keep a cycle)
+        engine.disowned = True
         engine.broken = RuntimeError(f"it belongs to process {engine.owner_pid}, and this "
                                      f"process ({os.getpid()}) was forked from it")
 
