@@ -210,7 +210,8 @@ class Worker:
             except BaseException as exc:  # noqa: BLE001 - the driver marks the pool broken
                 self.send_failure(0, exc, "the pool's initializer raised")
                 return
-        _cap_native_threads()
+        if msg.get("init") is not None or not _capped_at_fork:
+            _cap_native_threads()  # what the initializer (or this fresh interpreter) loaded
         self.send(0, CONTROL, b"ready")
 
     def serve(self, max_tasks: int = 0) -> None:
@@ -252,6 +253,9 @@ class _Unloadable:
 
     def __call__(self, *args, **kwargs):
         raise self.exc
+
+
+_capped_at_fork = False  # run_forked capped what the driver had loaded
 
 
 def _cap_native_threads() -> None:
@@ -300,8 +304,10 @@ def run_forked(slot: int, driver: int, fd: int, max_tasks: int, env: dict,
 
     _core.guard_worker(driver)
     # BLAS inherited from the driver is capped now, while the driver is still
-    # busy forking; the cap after the initializer then finds nothing to do.
+    # busy forking; after the announce only an initializer can add more.
+    global _capped_at_fork
     _cap_native_threads()
+    _capped_at_fork = True
     Worker(slot, driver, fd).serve(max_tasks)
     return 0
 
