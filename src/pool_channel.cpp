@@ -155,6 +155,27 @@ bool PoolChannel::any_result() const noexcept {
   return false;
 }
 
+long PoolChannel::pick_awake(std::uint64_t max_queued, std::int64_t max_running_ns) const noexcept {
+  long best = -1;
+  std::uint64_t least = max_queued + 1;
+  std::uint64_t now = 0;
+  for (std::size_t i = 0; i < header_->slots; ++i) {
+    const WorkerSlot& s = slot(i);
+    if (s.task_ctl.consumer_waiting.load(std::memory_order_relaxed) != 0) continue;  // asleep
+    const std::uint64_t queued = s.task_ctl.tail.load(std::memory_order_relaxed) -
+                                 s.task_ctl.head.load(std::memory_order_relaxed);
+    if (queued >= least) continue;
+    if (s.current_task.load(std::memory_order_acquire) != 0) {
+      if (now == 0) now = detail::monotonic_ns();
+      const std::uint64_t started = s.started_ns.load(std::memory_order_relaxed);
+      if (now > started && static_cast<std::int64_t>(now - started) > max_running_ns) continue;
+    }
+    best = static_cast<long>(i);
+    least = queued;
+  }
+  return best;
+}
+
 bool PoolChannel::wait_driver(std::uint32_t seen, std::int64_t timeout_ns,
                               std::int64_t spin_ns) noexcept {
   auto ready = [&] { return doorbell() != seen || any_result(); };

@@ -101,6 +101,14 @@ class PoolChannel {
   // timeout_ns passed (< 0: no limit); spins spin_ns before sleeping.
   // Returns whether something happened (false: timeout).
   bool wait_driver(std::uint32_t seen, std::int64_t timeout_ns, std::int64_t spin_ns) noexcept;
+  // The slot whose worker is awake (running or spinning, not asleep on its
+  // futex), has at most max_queued bytes of frames it has not taken yet, and
+  // either runs no task or one that started at most max_running_ns ago; of
+  // those, the one with the fewest queued bytes. -1 if there is none. The
+  // driver gives short tasks to such a worker rather than to an idle one that
+  // needs a futex wake first (tens of microseconds on a virtual machine), as
+  // a scheduler prefers a spinning thread to a parked one.
+  long pick_awake(std::uint64_t max_queued, std::int64_t max_running_ns) const noexcept;
   // Tells every worker to leave its loop and wakes them.
   void shutdown() noexcept;
   // Empties slot i's rings and bookkeeping for a replacement worker.

@@ -84,6 +84,17 @@ CALL_DEPTH = max(1, int(os.environ.get("SHOAL_CALL_DEPTH", "8")))
 #: driver's refills; its queued tasks all start within milliseconds.
 CALL_DEPTH_HOT = max(CALL_DEPTH, int(os.environ.get("SHOAL_CALL_DEPTH_HOT", "64")))
 HOT_S = 0.002
+#: submit() gives a task to a worker that is awake (running or spinning)
+#: rather than to the least loaded one, which may be asleep, when the awake
+#: one's tasks take under AWAKE_PACE_S each, it has at most AWAKE_QUEUE_BYTES
+#: of frames not taken yet and its current task started at most
+#: AWAKE_RUNNING_NS ago. Waking a sleeping worker costs the driver a futex
+#: wake, tens of microseconds on a virtual machine: more than a few short
+#: tasks queued behind an awake worker wait. If tasks turn long, at most
+#: AWAKE_QUEUE_BYTES of them queue behind one before the others are woken.
+AWAKE_PACE_S = 20e-6
+AWAKE_QUEUE_BYTES = 256
+AWAKE_RUNNING_NS = 100_000
 #: Map Batch frames in flight per worker. The rest wait in the backlog and
 #: go to whichever worker frees up first: a worker slowed down (a busy
 #: neighbour on a shared machine, costlier items) then gets fewer items
@@ -110,20 +121,20 @@ class _Failed:
 
 
 class _Task:
-    """One task. Defaults live on the class, so that creating one (a map of a
-    million items creates a million) costs two attribute stores."""
+    """One map item's task. Defaults live on the class, so that creating one
+    (a map of a million items creates a million) costs two attribute stores.
+    A submit()/apply() task is its ProcessFuture itself (same fields)."""
 
     data = None        # Call payload bytes (None for map items: pickled per batch)
     keep = None        # what must stay alive until the result (segments)
-    future = None
-    job = None
-    index = 0
+    future = None      # a ProcessFuture's is itself
+    job = None         # the _MapJob of a map item
+    index = 0          # its position in the map
     item = None
-    slot = -1
-    attempts = 0
+    slot = -1          # the worker slot it was pushed to, -1 while in the backlog
+    attempts = 0       # times its worker died under it
     timeout_ns = 0
     kill_reason = None
-    name = ""
 
     def __init__(self, tid: int, fn_id: int) -> None:
         self.id = tid
@@ -168,9 +179,13 @@ class ProcessFuture(Future):
     and wait(), which acquire every future's condition, still work): creating
     a Condition per task was a third of the cost of submit(). Nobody blocks
     on it but plain Future.result() calls of other code paths, which re-check
-    their own state when woken."""
+    their own state when woken.
 
-    def __init__(self, engine: "_Engine") -> None:  # noqa: D107 - see class doc
+    The future is also the engine's record of its task (the fields of _Task,
+    defaults on the class): one object per submit() instead of two that
+    refer to each other, which only the cyclic garbage collector could free."""
+
+    def __init__(self, engine: "_Engine", tid: int, fn_id: int) -> None:  # noqa: D107
         self._condition = engine.future_cond
         # PENDING while in the driver's backlog (cancellable), RUNNING once its
         # frame is on a worker's ring (at most CALL_DEPTH per worker).
@@ -178,10 +193,25 @@ class ProcessFuture(Future):
         self._waiters = []
         self._done_callbacks = []
         self._engine = engine
+        self.id = tid
+        self.fn_id = fn_id
 
-    # Class-level until set: two stores fewer per submit().
+    # Class-level until set: stores saved per submit().
     _result = None
     _exception = None
+    data = _Task.data
+    keep = _Task.keep
+    job = None
+    index = 0
+    item = None
+    slot = _Task.slot
+    attempts = 0
+    timeout_ns = 0
+    kill_reason = None
+
+    @property
+    def future(self) -> "ProcessFuture":
+        return self
 
     def _finished(self) -> bool:
         """done() without taking the condition (one attribute read is atomic);
@@ -225,12 +255,6 @@ def _describe_fn(fn: Any) -> str:
     return name or type(fn).__name__
 
 
-def _task_name(task: "_Task") -> str:
-    if task.name:
-        return task.name
-    return task.job.name if task.job is not None else "?"
-
-
 def _exit_text(code: int, sig: int) -> str:
     if sig:
         try:
@@ -267,6 +291,7 @@ class _Engine:
         self.max_tasks = max_tasks_per_worker
         self.chan = _core.PoolChannel.create(workers, ring_bytes)
         self.slots = [_Slot(i, max_tasks_per_worker) for i in range(workers)]
+        self.budgeted = max_tasks_per_worker is not None  # slots count tasks down
         self.caps = self._thread_caps()
         self.init_data = None
         self.init_payload = None
@@ -311,6 +336,7 @@ class _Engine:
         # (id(fn), chunked) -> (fn, fn_id, payload, name); insertion-ordered
         self.fns: OrderedDict[tuple, tuple] = OrderedDict()
         self.fn_data: dict[int, bytes] = {}                # fn_id -> data (for resends)
+        self.fn_names: dict[int, str] = {}                 # fn_id -> name, for messages
         self.fn_keep: list = []                            # segments of huge FunctionDefs
         self.closing = False      # no new tasks
         self.stopped = False      # workers are gone
@@ -427,10 +453,15 @@ class _Engine:
             obj = fn
         payload = _serialize.dumps(obj)  # may raise SerializationError: nothing changed yet
         fn_id = next(self.ids)
-        self.fns[key] = (ident, fn_id, payload, _describe_fn(fn))
+        self.fns[key] = (ident, fn_id, payload)
         self.fn_data[fn_id] = bytes(payload.data)
+        names = self.fn_names
+        names[fn_id] = _describe_fn(fn)
+        if len(names) > 16 * _FN_CACHE_SIZE:  # tasks of long-evicted functions say "?"
+            for old in list(itertools.islice(names, len(names) // 2)):
+                del names[old]
         if len(self.fns) > _FN_CACHE_SIZE:
-            _, (_, old_id, _, _) = self.fns.popitem(last=False)
+            _, (_, old_id, _) = self.fns.popitem(last=False)
             self.fn_data.pop(old_id, None)
             # Workers forget it too (best effort: a full ring just keeps it).
             forget = _serialize.dumps({"forget": [old_id]}).data
@@ -439,6 +470,11 @@ class _Engine:
                     s.sent_fns.discard(old_id)
                     self.chan.push_task(s.index, 0, CONTROL, 0, forget)
         return fn_id
+
+    def _task_name(self, task: "_Task") -> str:
+        if task.job is not None:
+            return task.job.name
+        return self.fn_names.get(task.fn_id, "?")
 
     def _check_open(self) -> None:
         if self.broken is not None:
@@ -449,7 +485,6 @@ class _Engine:
     def submit(self, fn: Callable, args: tuple, kwargs: dict | None,
                timeout: float | None) -> Future:
         # The hot path of Executor.submit: every line here costs per task.
-        fut = ProcessFuture(self)
         collect = False
         with self.lock:
             if self.broken is not None or self.closing:
@@ -461,56 +496,66 @@ class _Engine:
                 if not callable(fn):
                     raise TypeError(f"{fn!r} is not callable")
                 fn_id = self._fn_id(fn)
-                entry = self.fns.get((id(fn), False))
             tid = next(self.ids)
-            task = _Task(tid, fn_id)
+            fut = ProcessFuture(self, tid, fn_id)  # also the task's record
             nargs = len(args)
             if kwargs is None and (type(args[0]) in _SCALARS if nargs == 1 else
                                    nargs <= 4 and all(type(a) in _SCALARS for a in args)):
                 # Scalars: nothing can go out of band or refer to __main__, so
                 # the serializer would only add its bookkeeping to a pickle.
-                data = task.data = _pickle_dumps((fn_id, args, None), 5)
+                data = fut.data = _pickle_dumps((fn_id, args, None), 5)
             else:
                 try:
                     payload = _serialize.dumps((fn_id, args, kwargs))
                 except SerializationError as exc:
                     fut.set_exception(exc)
                     return fut
-                data = task.data = payload.data
+                data = payload.data
                 if type(data) is not bytes:
-                    data = task.data = bytes(data)
+                    data = bytes(data)
+                fut.data = data
                 if payload.segments or payload.keepalive:  # big buffers, shoal.shared refs
-                    task.keep = payload
-            task.future = fut
-            task.name = entry[3] if entry is not None else _describe_fn(fn)
-            fut._shoal_task = task
+                    fut.keep = payload
             if timeout is not None:
                 if timeout <= 0:
                     raise ValueError(f"timeout must be > 0, got {timeout}")
-                task.timeout_ns = int(timeout * 1e9)
+                fut.timeout_ns = int(timeout * 1e9)
                 self.timed.add(tid)
-            self.tasks[tid] = task
+            self.tasks[tid] = fut
             # Fast path (every task after the first of a function): one frame
             # to the least-loaded worker that already has the function.
             backlog = self.backlog
-            s = None if backlog else (
-                self._pick_slot() if len(self.slots) > 1 else self.slots[0])
+            if backlog:
+                s = None
+            elif self.budgeted:
+                s = self._pick_slot()
+            else:
+                # A worker awake with a short queue of short tasks takes it,
+                # rather than an idle one that needs a futex wake first.
+                i = self.chan.pick_awake(AWAKE_QUEUE_BYTES, AWAKE_RUNNING_NS)
+                s = self.slots[i] if i >= 0 else None
+                if s is None or not 0.0 < s.pace < AWAKE_PACE_S:
+                    s = None
+                    least = 1 << 62
+                    for o in self.slots:  # _pick_slot, inlined
+                        if len(o.tasks) < least:
+                            s, least = o, len(o.tasks)
             if (s is not None and fn_id in s.sent_fns
                     and (len(s.tasks) < CALL_DEPTH or self._room(s) > 0)
                     and (s.budget is None or s.budget > 0)
                     and len(data) <= self.limit
                     and self.chan.push_task(s.index, tid, CALL, 0, data)):
                 fut._state = _RUNNING  # nobody else holds fut yet: no lock needed
-                task.slot = s.index
-                s.tasks[tid] = task
+                fut.slot = s.index
+                s.tasks[tid] = fut
                 if s.budget is not None:
                     s.budget -= 1
             elif backlog:
-                backlog.append(task)
+                backlog.append(fut)
                 collect = not tid & 3
             else:
                 try:
-                    placed = self._place([task])
+                    placed = self._place([fut])
                 except BaseException:
                     # e.g. OSError(ENOSPC) from a full /dev/shm for a big
                     # argument: the caller gets it, and no task is left
@@ -519,7 +564,7 @@ class _Engine:
                     self.timed.discard(tid)
                     raise
                 if not placed:
-                    self.backlog.append(task)
+                    self.backlog.append(fut)
             if self.timed:
                 self.chan.ring_doorbell()  # the collector recomputes its wake-up time
         if collect:
@@ -1004,7 +1049,10 @@ class _Engine:
                     cv.wait(0.1 if self.waiters else 0.002)
             seen = chan.doorbell()
             try:
-                found = self.run_pass()
+                # Not blocking: the lock is busy when a thread submits, and
+                # waiting for it would make every one of its releases a
+                # wake-up (a syscall) for this thread.
+                found = self.run_pass(blocking=False)
             except BaseException as exc:  # noqa: BLE001 - must never die silently
                 done: list = []
                 with self.lock:
@@ -1026,49 +1074,60 @@ class _Engine:
             else:
                 chan.wait_driver(seen, 0.005 if self.timed else 0.1, 0.0)
 
-    def run_pass(self) -> int:
+    def run_pass(self, blocking: bool = True) -> int:
         """One collection pass: deaths, results, time limits, backlog.
-        Returns the number of frames collected."""
+        Returns the number of frames collected; -1 (not blocking) if another
+        thread held the lock."""
         done: list = []
         fast: list = []
-        with self.lock:
+        if not self.lock.acquire(blocking):
+            return -1
+        try:
             if self.stopped:
                 return 0
             exits = self.sup.take_exits()
-            frames = self.chan.drain_results()
-            if frames:
+            groups = self.chan.drain_by_slot()
+            nframes = 0
+            if groups:
                 tasks = self.tasks
                 slots = self.slots
                 now = time.monotonic()
-                for frame in frames:
-                    slot, tid, kind, flags, data = frame
-                    if tid == 0:
-                        self._control(slots[slot], kind, data, done)
-                        continue
+                for slot, frames in groups:
                     s = slots[slot]
-                    # Off the slot's count even when nobody wants the result
-                    # any more (an abandoned map, a cancel): a slot whose count
-                    # kept such tasks would look full forever and starve the
-                    # backlog (seen: a module-scoped pool hung after a few
-                    # abandoned maps).
-                    s.tasks.pop(tid, None)
-                    if s.busy:  # ran from its previous result to now
-                        s.pace = now - s.last_result
-                    s.last_result = now
-                    s.busy = bool(s.tasks)
-                    task = tasks.pop(tid, None)
-                    if task is None:
-                        continue  # cancelled or abandoned meanwhile
-                    if kind == RESULT and not flags and not task.timeout_ns:
-                        fast.append((task, data))  # the common case, see below
-                    else:
-                        done.append((task, kind, flags, data))
+                    st = s.tasks
+                    nframes += len(frames)
+                    results = 0
+                    for tid, kind, flags, data in frames:
+                        if tid == 0:
+                            self._control(s, kind, data, done)
+                            continue
+                        results += 1
+                        # Off the slot's count even when nobody wants the
+                        # result any more (an abandoned map, a cancel): a slot
+                        # whose count kept such tasks would look full forever
+                        # and starve the backlog (seen: a module-scoped pool
+                        # hung after a few abandoned maps).
+                        st.pop(tid, None)
+                        task = tasks.pop(tid, None)
+                        if task is None:
+                            continue  # cancelled or abandoned meanwhile
+                        if kind == RESULT and not flags and not task.timeout_ns:
+                            fast.append((task, data))  # the common case, see below
+                        else:
+                            done.append((task, kind, flags, data))
+                    if results:
+                        if s.busy:  # it worked from its previous result to now
+                            s.pace = (now - s.last_result) / results
+                        s.last_result = now
+                        s.busy = bool(st)
             for slot, pid, code, sig in exits:
                 self._on_death(slot, pid, code, sig, done)
             if self.timed:
                 self._check_time_limits()
             if self.backlog:
                 self._flush_backlog(done)
+        finally:
+            self.lock.release()
         if fast:
             self._finish_values(fast)
         if done:
@@ -1082,7 +1141,7 @@ class _Engine:
                 self.core.sweep_segments_of(pid)
         if (done or fast) and self.waiters:
             self.chan.ring_doorbell()
-        return len(frames) + len(exits)
+        return nframes + len(exits)
 
     def _control(self, s: _Slot, kind: int, data: bytes, done: list) -> None:
         if kind == CONTROL:
@@ -1113,7 +1172,7 @@ class _Engine:
                     value = loads(data, adopt=True)
             except BaseException as exc:  # noqa: BLE001
                 self._deliver_exc(task, SerializationError(
-                    f"the result of task {task.id} ({_task_name(task)}) could not be loaded: "
+                    f"the result of task {task.id} ({self._task_name(task)}) could not be loaded: "
                     f"{type(exc).__name__}: {exc}"))
                 continue
             job = task.job
@@ -1124,7 +1183,7 @@ class _Engine:
                     if not job.ordered:
                         job.done.append(task.index)
             else:
-                futs.append((task.future, value))
+                futs.append((task, value))  # a Call's task is its ProcessFuture
         if not futs:
             return
         callbacks = []
@@ -1156,7 +1215,7 @@ class _Engine:
                     value = loads(data, adopt=True)
                 except BaseException as exc:  # noqa: BLE001
                     self._deliver_exc(task, SerializationError(
-                        f"the result of task {task.id} ({_task_name(task)}) could not be loaded: "
+                        f"the result of task {task.id} ({self._task_name(task)}) could not be loaded: "
                         f"{type(exc).__name__}: {exc}"))
                     continue
                 job = task.job
@@ -1233,11 +1292,11 @@ class _Engine:
                 continue
             if task.kill_reason == "timeout":
                 self._fail(task, TaskTimeout(
-                    f"task {task.id} ({_task_name(task)}) ran past its time limit of "
+                    f"task {task.id} ({self._task_name(task)}) ran past its time limit of "
                     f"{task.timeout_ns / 1e9:g} s; worker {pid} was killed and replaced"), done)
             elif task.kill_reason == "cancel":
                 self._fail(task, CancelledError(
-                    f"task {task.id} ({_task_name(task)}) was cancelled while running; worker {pid} "
+                    f"task {task.id} ({self._task_name(task)}) was cancelled while running; worker {pid} "
                     f"was killed and replaced"), done)
             else:
                 task.attempts += 1
@@ -1245,7 +1304,7 @@ class _Engine:
                     requeue.append(task)
                 else:
                     self._fail(task, WorkerLost(
-                        f"worker {pid} {how} while running task {task.id} ({_task_name(task)})",
+                        f"worker {pid} {how} while running task {task.id} ({self._task_name(task)})",
                         exitcode=None if sig else code, signal=sig or None), done)
         self.backlog.extendleft(reversed(requeue))
         s.tasks = {}
@@ -1281,7 +1340,7 @@ class _Engine:
     def forget(self, fut: Future) -> None:
         """A backlogged task's Future was cancelled: nothing will run it (the
         backlog skips tasks no longer in self.tasks). Lock not held."""
-        task = getattr(fut, "_shoal_task", None)
+        task = fut if getattr(fut, "_engine", None) is self else None
         if task is None:
             return
         with self.lock:
@@ -1291,7 +1350,7 @@ class _Engine:
                 task.keep = None
 
     def cancel_running(self, fut: Future) -> bool:
-        task = getattr(fut, "_shoal_task", None)
+        task = fut if getattr(fut, "_engine", None) is self else None
         if task is None or fut.done():
             return False
         with self.lock:

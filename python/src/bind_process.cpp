@@ -115,6 +115,19 @@ static void bind(nb::module_& m) {
           nb::arg("max_per_slot") = static_cast<std::size_t>(-1),
           "Every waiting result frame of every slot as (slot, task_id, kind, flags, bytes).")
       .def(
+          "drain_by_slot",
+          [](PoolChannel& c) {
+            nb::list out;
+            for (std::size_t i = 0; i < c.slots(); ++i) {
+              nb::list frames;
+              drain_into(c.result_ring(i), frames, -1, static_cast<std::size_t>(-1));
+              if (nb::len(frames) != 0) out.append(nb::make_tuple(i, frames));
+            }
+            return out;
+          },
+          "Every waiting result frame, grouped by slot: [(slot, [(task_id, kind, flags, "
+          "bytes), ...])] for the slots that have any.")
+      .def(
           "drain_slot",
           [](PoolChannel& c, std::size_t slot) {
             nb::list out;
@@ -122,6 +135,10 @@ static void bind(nb::module_& m) {
             return out;
           },
           nb::arg("slot"))
+      .def("pick_awake", &PoolChannel::pick_awake, nb::arg("max_queued"),
+           nb::arg("max_running_ns"),
+           "The awake worker's slot with the fewest (<= max_queued) bytes queued whose task, "
+           "if any, started at most max_running_ns ago; -1 if none.")
       .def("doorbell", &PoolChannel::doorbell)
       .def("ring_doorbell", &PoolChannel::ring_doorbell)
       .def("any_result", &PoolChannel::any_result)

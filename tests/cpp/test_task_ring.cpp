@@ -246,6 +246,34 @@ TEST(PoolChannel, DoorbellWakesDriverAndCrossesProcesses) {
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
 
+TEST(PoolChannel, PickAwakePrefersAnAwakeWorkerWithLittleQueued) {
+  auto ch = shoal::PoolChannel::create(3, 4096);
+  // Slot 0: a real consumer asleep on its futex (no spinning).
+  std::atomic<bool> got{false};
+  std::thread sleeper([&] { got = ch.task_ring(0).wait_readable(-1, 0, ch.shutdown_flag()); });
+  while (ch.slot(0).task_ctl.consumer_waiting.load() == 0) std::this_thread::yield();
+  // Slot 1: awake and empty; slot 2: awake with one frame not taken yet.
+  const unsigned char byte = 7;
+  ASSERT_TRUE(ch.task_ring(2).try_push(1, FrameKind::Call, 0, &byte, 1));
+  EXPECT_EQ(ch.pick_awake(256, 1'000'000'000), 1);
+  // Slot 1 runs a task that started a second ago: too long to queue behind.
+  ch.slot(1).started_ns.store(shoal::detail::monotonic_ns() - 1'000'000'000);
+  ch.slot(1).current_task.store(5);
+  EXPECT_EQ(ch.pick_awake(256, 100'000), 2);
+  EXPECT_EQ(ch.pick_awake(1'000'000'000, 2'000'000'000), 1);  // it started within 2 s
+  // Nothing queued is allowed: slot 2 is out, slot 1 runs long, slot 0 sleeps.
+  EXPECT_EQ(ch.pick_awake(0, 100'000), -1);
+  ch.slot(1).current_task.store(0);
+  EXPECT_EQ(ch.pick_awake(0, 100'000), 1);
+  // The sleeper is never picked, even with nothing queued anywhere else.
+  ch.slot(1).current_task.store(6);
+  EXPECT_EQ(ch.pick_awake(0, 100'000), -1);
+  ASSERT_TRUE(ch.task_ring(0).try_push(2, FrameKind::Call, 0, &byte, 1));
+  ch.task_ring(0).notify_consumer();
+  sleeper.join();
+  EXPECT_TRUE(got.load());
+}
+
 TEST(PoolChannel, AttachValidatesTheDescriptor) {
   int fd = memfd_create("not-a-channel", MFD_CLOEXEC);
   ASSERT_GE(fd, 0);
