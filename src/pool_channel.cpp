@@ -155,25 +155,36 @@ bool PoolChannel::any_result() const noexcept {
   return false;
 }
 
-long PoolChannel::pick_awake(std::uint64_t max_queued, std::int64_t max_running_ns) const noexcept {
-  long best = -1;
-  std::uint64_t least = max_queued + 1;
+void PoolChannel::set_current(std::size_t i, std::uint64_t task_id) {
+  WorkerSlot& s = slot(i);
+  const std::uint64_t now = detail::monotonic_ns();
+  if (s.current_task.load(std::memory_order_relaxed) != 0) {
+    const std::uint64_t took = now - s.started_ns.load(std::memory_order_relaxed);
+    const std::uint64_t avg = s.task_ns.load(std::memory_order_relaxed);
+    s.task_ns.store(avg == 0 ? took : avg - avg / 8 + took / 8, std::memory_order_relaxed);
+  }
+  s.started_ns.store(now, std::memory_order_relaxed);
+  s.current_task.store(task_id, std::memory_order_release);
+}
+
+long PoolChannel::pick_awake(std::uint64_t max_queued, std::int64_t max_running_ns,
+                             std::uint64_t max_task_ns) const noexcept {
   std::uint64_t now = 0;
   for (std::size_t i = 0; i < header_->slots; ++i) {
     const WorkerSlot& s = slot(i);
     if (s.task_ctl.consumer_waiting.load(std::memory_order_relaxed) != 0) continue;  // asleep
-    const std::uint64_t queued = s.task_ctl.tail.load(std::memory_order_relaxed) -
-                                 s.task_ctl.head.load(std::memory_order_relaxed);
-    if (queued >= least) continue;
+    const std::uint64_t took = s.task_ns.load(std::memory_order_relaxed);
+    if (took == 0 || took >= max_task_ns) continue;  // not known to run short tasks
+    const std::uint64_t queued = task_ring(i).queued();
+    if (queued > max_queued) continue;
     if (s.current_task.load(std::memory_order_acquire) != 0) {
       if (now == 0) now = detail::monotonic_ns();
       const std::uint64_t started = s.started_ns.load(std::memory_order_relaxed);
       if (now > started && static_cast<std::int64_t>(now - started) > max_running_ns) continue;
     }
-    best = static_cast<long>(i);
-    least = queued;
+    return static_cast<long>(i);  // the first that fits, see the header
   }
-  return best;
+  return -1;
 }
 
 bool PoolChannel::wait_driver(std::uint32_t seen, std::int64_t timeout_ns,
@@ -218,6 +229,7 @@ void PoolChannel::reset_slot(std::size_t i) {
   result_ring(i).reset();
   s.current_task.store(0, std::memory_order_relaxed);
   s.started_ns.store(0, std::memory_order_relaxed);
+  s.task_ns.store(0, std::memory_order_relaxed);
   s.pid.store(0, std::memory_order_seq_cst);
 }
 

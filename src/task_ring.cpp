@@ -78,6 +78,8 @@ bool TaskRing::try_push(std::uint64_t task_id, FrameKind kind, std::uint32_t fla
   FrameHeader h = make_frame_header(task_id, kind, flags, static_cast<std::uint32_t>(length));
   copy_in(tail, &h, sizeof h);
   if (length > 0) copy_in(tail + sizeof h, payload, length);
+  ctl_->frames_in.store(ctl_->frames_in.load(std::memory_order_relaxed) + 1,
+                        std::memory_order_relaxed);
   // seq_cst (not just release): pairs with the consumer's seq_cst store of
   // consumer_waiting in wait_readable(), see the top comment.
   ctl_->tail.store(tail + need, std::memory_order_seq_cst);
@@ -176,6 +178,8 @@ void TaskRing::reset() noexcept {
   ctl_->head.store(0, std::memory_order_relaxed);
   ctl_->tail.store(0, std::memory_order_relaxed);
   ctl_->producer_waiting.store(0, std::memory_order_relaxed);
+  ctl_->frames_in.store(0, std::memory_order_relaxed);
+  ctl_->frames_out.store(0, std::memory_order_relaxed);
   ctl_->consumer_waiting.store(0, std::memory_order_seq_cst);
 }
 

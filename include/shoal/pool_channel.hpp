@@ -57,6 +57,9 @@ struct WorkerSlot {
   // (acquire) sees its start time.
   std::atomic<std::uint64_t> current_task{0};
   std::atomic<std::uint64_t> started_ns{0};
+  // How long its tasks take: a moving average (1/8 weight to the newest) of
+  // the time from one set_current() to the next, in ns; 0 before the first.
+  std::atomic<std::uint64_t> task_ns{0};
   RingControl task_ctl;    // driver -> worker
   RingControl result_ctl;  // worker -> driver
 };
@@ -64,7 +67,7 @@ struct WorkerSlot {
 class PoolChannel {
  public:
   static constexpr std::uint64_t magic_value = 0x53484f414c504f4full;  // "SHOALPOO"
-  static constexpr std::uint32_t version_value = 1;
+  static constexpr std::uint32_t version_value = 2;
 
   // A new channel with `slots` worker slots, each with two rings of
   // ring_bytes (rounded up to a power of two).
@@ -101,14 +104,21 @@ class PoolChannel {
   // timeout_ns passed (< 0: no limit); spins spin_ns before sleeping.
   // Returns whether something happened (false: timeout).
   bool wait_driver(std::uint32_t seen, std::int64_t timeout_ns, std::int64_t spin_ns) noexcept;
+  // Worker side: slot i's worker starts task_id (0: it finished its task and
+  // runs none). Records the start time and the task time average.
+  void set_current(std::size_t i, std::uint64_t task_id);
   // The slot whose worker is awake (running or spinning, not asleep on its
-  // futex), has at most max_queued bytes of frames it has not taken yet, and
-  // either runs no task or one that started at most max_running_ns ago; of
-  // those, the one with the fewest queued bytes. -1 if there is none. The
+  // futex), has at most max_queued frames it has not taken yet, whose tasks
+  // take under max_task_ns on average, and which either runs no task or one
+  // that started at most max_running_ns ago; of those, the first (lowest
+  // index). -1 if there is none. First, not least loaded: while one worker
+  // keeps up with the driver, the others stay asleep and leave their cores
+  // to the driver; they get tasks once its queue passes max_queued. The
   // driver gives short tasks to such a worker rather than to an idle one that
   // needs a futex wake first (tens of microseconds on a virtual machine), as
   // a scheduler prefers a spinning thread to a parked one.
-  long pick_awake(std::uint64_t max_queued, std::int64_t max_running_ns) const noexcept;
+  long pick_awake(std::uint64_t max_queued, std::int64_t max_running_ns,
+                  std::uint64_t max_task_ns) const noexcept;
   // Tells every worker to leave its loop and wakes them.
   void shutdown() noexcept;
   // Empties slot i's rings and bookkeeping for a replacement worker.

@@ -44,12 +44,17 @@ struct RingControl {
   // Set to 1 by the producer before it sleeps waiting for space; the consumer
   // clears it and wakes the producer after freeing space. Futex word.
   std::atomic<std::uint32_t> producer_waiting{0};
+  // Frames pushed so far (producer only; stored before tail).
+  std::atomic<std::uint64_t> frames_in{0};
   // Written by the consumer only (it has finished reading the bytes before:
   // seq_cst store), read by the producer before reusing the space.
   alignas(64) std::atomic<std::uint64_t> head{0};
   // Set to 1 by the consumer before it sleeps waiting for data; the producer
   // clears it and wakes the consumer after publishing a frame. Futex word.
   std::atomic<std::uint32_t> consumer_waiting{0};
+  // Frames popped so far (consumer only; stored before head). With frames_in,
+  // how many frames the consumer has not taken yet (queued()).
+  std::atomic<std::uint64_t> frames_out{0};
   // Immutable after initialization.
   alignas(64) std::uint64_t capacity = 0;
 };
@@ -89,6 +94,14 @@ class TaskRing {
   // Throws shoal::Error if the ring is corrupt.
   template <class Sink>
   bool try_pop(FrameHeader& header, Sink&& sink);
+  // Frames pushed and not popped yet: exact on the producer's side (the
+  // consumer may have taken more by the time it returns). A consumer that
+  // scribbles on the counters makes this wrong, never out of range.
+  std::uint64_t queued() const noexcept {
+    const std::uint64_t in = ctl_->frames_in.load(std::memory_order_relaxed);
+    const std::uint64_t out = ctl_->frames_out.load(std::memory_order_acquire);
+    return in > out ? in - out : 0;
+  }
   bool empty() const noexcept {
     return ctl_->tail.load(std::memory_order_seq_cst) == ctl_->head.load(std::memory_order_relaxed);
   }
@@ -133,6 +146,8 @@ bool TaskRing::try_pop(FrameHeader& header, Sink&& sink) {
   if (frame_footprint(header.length) > used) corrupt("frame padding beyond the tail");
   unsigned char* dst = sink(static_cast<const FrameHeader&>(header));
   if (dst != nullptr && header.length > 0) copy_out(head + sizeof(FrameHeader), dst, header.length);
+  ctl_->frames_out.store(ctl_->frames_out.load(std::memory_order_relaxed) + 1,
+                         std::memory_order_release);
   release(head + frame_footprint(header.length));
   return true;
 }

@@ -74,10 +74,10 @@ _FN_CACHE_SIZE = 256
 RING_BYTES = 1 << 20
 #: how long a thread waiting for a result spins before sleeping on the futex
 SPIN_US = float(os.environ.get("SHOAL_DRIVER_SPIN_US", "50"))
-#: Call frames (submit/apply tasks) in flight per worker; the rest wait in the
-#: driver's backlog with PENDING futures, so that Future.cancel() and
-#: shutdown(cancel_futures=True) can still stop them (CPython's
-#: EXTRA_QUEUED_CALLS idea).
+#: Call frames (submit/apply tasks) queued per worker (on its ring, not
+#: taken yet); the rest wait in the driver's backlog with PENDING futures,
+#: so that Future.cancel() and shutdown(cancel_futures=True) can still stop
+#: them (CPython's EXTRA_QUEUED_CALLS idea).
 CALL_DEPTH = max(1, int(os.environ.get("SHOAL_CALL_DEPTH", "8")))
 #: ... except for a worker that returned a result within the last HOT_S
 #: seconds: it streams short tasks, and 8 would starve it between the
@@ -86,14 +86,15 @@ CALL_DEPTH_HOT = max(CALL_DEPTH, int(os.environ.get("SHOAL_CALL_DEPTH_HOT", "64"
 HOT_S = 0.002
 #: submit() gives a task to a worker that is awake (running or spinning)
 #: rather than to the least loaded one, which may be asleep, when the awake
-#: one's tasks take under AWAKE_PACE_S each, it has at most AWAKE_QUEUE_BYTES
-#: of frames not taken yet and its current task started at most
+#: one's tasks take under AWAKE_TASK_NS each (as the worker measures them:
+#: PoolChannel::set_current), it has at most AWAKE_QUEUE
+#: frames not taken yet and its current task started at most
 #: AWAKE_RUNNING_NS ago. Waking a sleeping worker costs the driver a futex
 #: wake, tens of microseconds on a virtual machine: more than a few short
 #: tasks queued behind an awake worker wait. If tasks turn long, at most
-#: AWAKE_QUEUE_BYTES of them queue behind one before the others are woken.
-AWAKE_PACE_S = 20e-6
-AWAKE_QUEUE_BYTES = 256
+#: AWAKE_QUEUE of them queue behind one before the others are woken.
+AWAKE_TASK_NS = 20_000
+AWAKE_QUEUE = min(4, CALL_DEPTH - 1)
 AWAKE_RUNNING_NS = 100_000
 #: Map Batch frames in flight per worker. The rest wait in the backlog and
 #: go to whichever worker frees up first: a worker slowed down (a busy
@@ -525,6 +526,7 @@ class _Engine:
             # Fast path (every task after the first of a function): one frame
             # to the least-loaded worker that already has the function.
             backlog = self.backlog
+            awake = False
             if backlog:
                 s = None
             elif self.budgeted:
@@ -532,16 +534,18 @@ class _Engine:
             else:
                 # A worker awake with a short queue of short tasks takes it,
                 # rather than an idle one that needs a futex wake first.
-                i = self.chan.pick_awake(AWAKE_QUEUE_BYTES, AWAKE_RUNNING_NS)
-                s = self.slots[i] if i >= 0 else None
-                if s is None or not 0.0 < s.pace < AWAKE_PACE_S:
+                i = self.chan.pick_awake(AWAKE_QUEUE, AWAKE_RUNNING_NS, AWAKE_TASK_NS)
+                if i >= 0:
+                    s = self.slots[i]  # AWAKE_QUEUE < CALL_DEPTH: it has room
+                    awake = True
+                else:
                     s = None
                     least = 1 << 62
                     for o in self.slots:  # _pick_slot, inlined
                         if len(o.tasks) < least:
                             s, least = o, len(o.tasks)
             if (s is not None and fn_id in s.sent_fns
-                    and (len(s.tasks) < CALL_DEPTH or self._room(s) > 0)
+                    and (awake or len(s.tasks) < CALL_DEPTH or self._room(s) > 0)
                     and (s.budget is None or s.budget > 0)
                     and len(data) <= self.limit
                     and self.chan.push_task(s.index, tid, CALL, 0, data)):
@@ -550,6 +554,9 @@ class _Engine:
                 s.tasks[tid] = fut
                 if s.budget is not None:
                     s.budget -= 1
+                # A thread submitting many reads the results now and then
+                # itself: the collector keeps off the lock while it is busy.
+                collect = not tid & 255
             elif backlog:
                 backlog.append(fut)
                 collect = not tid & 3
@@ -583,6 +590,15 @@ class _Engine:
             if n < least and (s.budget is None or s.budget > 0):
                 best, least = s, n
         return best
+
+    def _call_slot(self) -> _Slot | None:
+        """Where Call frames go: an awake worker of short tasks with room
+        (see AWAKE_TASK_NS), else the least loaded one."""
+        if not self.budgeted:
+            i = self.chan.pick_awake(AWAKE_QUEUE, AWAKE_RUNNING_NS, AWAKE_TASK_NS)
+            if i >= 0:
+                return self.slots[i]
+        return self._pick_slot()
 
     def _frames_for(self, s: _Slot, tasks: list[_Task]) -> tuple[list, list]:
         """Frames carrying `tasks` (all Call, or all map items of one fn) to slot s,
@@ -636,7 +652,7 @@ class _Engine:
     def _place(self, tasks: list[_Task]) -> bool:
         """Pushes tasks (same kind, same fn) to the least-loaded slot. Returns
         False (and pushes nothing) if they do not fit now. Caller holds the lock."""
-        s = self._pick_slot()
+        s = self._pick_slot() if tasks[0].data is None else self._call_slot()
         if s is None:
             return False
         if s.budget is not None and s.budget < len(tasks):
@@ -708,19 +724,21 @@ class _Engine:
             return MAP_FRAMES
         return MAP_FRAMES_HOT
 
-    @staticmethod
-    def _room(s: _Slot) -> int:
-        """How many more Call frames slot s may have in flight now."""
+    def _room(self, s: _Slot) -> int:
+        """How many more Call frames slot s may have queued now (on its ring,
+        not taken by its worker yet: a finished task whose result the driver
+        has not read yet takes no room)."""
+        queued = self.chan.queued(s.index)
         if time.monotonic() - s.last_result < HOT_S:
-            return CALL_DEPTH_HOT - len(s.tasks)
-        return CALL_DEPTH - len(s.tasks)
+            return CALL_DEPTH_HOT - queued
+        return CALL_DEPTH - queued
 
     def _refill_calls(self) -> bool:
         """The backlog's fast path for submit(): fills the least-loaded
         worker's free Call depth with one push, for Calls whose function that
         worker has. True if it took anything off the backlog. Lock held."""
         backlog, tasks, limit = self.backlog, self.tasks, self.limit
-        s = self._pick_slot()
+        s = self._call_slot()
         if s is None:
             return False
         room = self._room(s)

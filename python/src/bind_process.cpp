@@ -136,9 +136,19 @@ static void bind(nb::module_& m) {
           },
           nb::arg("slot"))
       .def("pick_awake", &PoolChannel::pick_awake, nb::arg("max_queued"),
-           nb::arg("max_running_ns"),
-           "The awake worker's slot with the fewest (<= max_queued) bytes queued whose task, "
-           "if any, started at most max_running_ns ago; -1 if none.")
+           nb::arg("max_running_ns"), nb::arg("max_task_ns"),
+           "The awake worker's slot with the fewest (<= max_queued) frames queued whose tasks "
+           "take under max_task_ns and whose task, if any, started at most max_running_ns "
+           "ago; -1 if none.")
+      .def(
+          "task_ns", [](PoolChannel& c, std::size_t slot) {
+            return c.slot(slot).task_ns.load(std::memory_order_relaxed);
+          },
+          nb::arg("slot"), "Slot's average task time in ns (0: not known yet).")
+      .def(
+          "queued",
+          [](PoolChannel& c, std::size_t slot) { return c.task_ring(slot).queued(); },
+          nb::arg("slot"), "Frames on slot's task ring that its worker has not taken yet.")
       .def("doorbell", &PoolChannel::doorbell)
       .def("ring_doorbell", &PoolChannel::ring_doorbell)
       .def("any_result", &PoolChannel::any_result)
@@ -205,14 +215,7 @@ static void bind(nb::module_& m) {
           nb::arg("slot"), nb::arg("task_id"), nb::arg("kind"), nb::arg("flags"), nb::arg("data"),
           "Pushes one result frame, waiting (GIL released) while the ring is full; wakes the "
           "driver if it sleeps. False if the pool shut down meanwhile.")
-      .def(
-          "set_current",
-          [](PoolChannel& c, std::size_t slot, std::uint64_t task_id) {
-            auto& s = c.slot(slot);
-            s.started_ns.store(shoal::detail::monotonic_ns(), std::memory_order_relaxed);
-            s.current_task.store(task_id, std::memory_order_release);
-          },
-          nb::arg("slot"), nb::arg("task_id"));
+      .def("set_current", &PoolChannel::set_current, nb::arg("slot"), nb::arg("task_id"));
 
   nb::class_<WorkerSupervisor>(m, "WorkerSupervisor")
       .def(

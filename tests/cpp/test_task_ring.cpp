@@ -81,6 +81,24 @@ TEST(TaskRing, PushPopRoundTripAndWrapAround) {
   EXPECT_TRUE(r.empty());
 }
 
+TEST(TaskRing, QueuedCountsFramesNotTakenYet) {
+  LocalRing r(1024);
+  const unsigned char byte = 1;
+  EXPECT_EQ(r.ring.queued(), 0u);
+  for (std::uint64_t id = 1; id <= 3; ++id)
+    ASSERT_TRUE(r.ring.try_push(id, FrameKind::Call, 0, &byte, 1));
+  EXPECT_EQ(r.ring.queued(), 3u);
+  FrameHeader h;
+  std::vector<unsigned char> out;
+  ASSERT_TRUE(pop_into(r.ring, h, out));
+  EXPECT_EQ(r.ring.queued(), 2u);
+  // A consumer that scribbles a count beyond the producer's never makes it wrap.
+  r.ctl->frames_out.store(100);
+  EXPECT_EQ(r.ring.queued(), 0u);
+  r.ring.reset();
+  EXPECT_EQ(r.ring.queued(), 0u);
+}
+
 TEST(TaskRing, FullRingRefusesThenAcceptsAfterPop) {
   LocalRing lr(256);
   TaskRing& r = lr.ring;
@@ -246,8 +264,10 @@ TEST(PoolChannel, DoorbellWakesDriverAndCrossesProcesses) {
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
 
-TEST(PoolChannel, PickAwakePrefersAnAwakeWorkerWithLittleQueued) {
+TEST(PoolChannel, PickAwakePrefersAnAwakeWorkerOfShortTasksWithLittleQueued) {
   auto ch = shoal::PoolChannel::create(3, 4096);
+  constexpr std::uint64_t short_task = 20'000;  // ns
+  for (std::size_t i = 0; i < 3; ++i) ch.slot(i).task_ns.store(1'000);
   // Slot 0: a real consumer asleep on its futex (no spinning).
   std::atomic<bool> got{false};
   std::thread sleeper([&] { got = ch.task_ring(0).wait_readable(-1, 0, ch.shutdown_flag()); });
@@ -255,23 +275,65 @@ TEST(PoolChannel, PickAwakePrefersAnAwakeWorkerWithLittleQueued) {
   // Slot 1: awake and empty; slot 2: awake with one frame not taken yet.
   const unsigned char byte = 7;
   ASSERT_TRUE(ch.task_ring(2).try_push(1, FrameKind::Call, 0, &byte, 1));
-  EXPECT_EQ(ch.pick_awake(256, 1'000'000'000), 1);
+  EXPECT_EQ(ch.pick_awake(4, 1'000'000'000, short_task), 1);
   // Slot 1 runs a task that started a second ago: too long to queue behind.
   ch.slot(1).started_ns.store(shoal::detail::monotonic_ns() - 1'000'000'000);
   ch.slot(1).current_task.store(5);
-  EXPECT_EQ(ch.pick_awake(256, 100'000), 2);
-  EXPECT_EQ(ch.pick_awake(1'000'000'000, 2'000'000'000), 1);  // it started within 2 s
+  EXPECT_EQ(ch.pick_awake(4, 100'000, short_task), 2);
+  EXPECT_EQ(ch.pick_awake(1000, 2'000'000'000, short_task), 1);  // it started within 2 s
   // Nothing queued is allowed: slot 2 is out, slot 1 runs long, slot 0 sleeps.
-  EXPECT_EQ(ch.pick_awake(0, 100'000), -1);
+  EXPECT_EQ(ch.pick_awake(0, 100'000, short_task), -1);
   ch.slot(1).current_task.store(0);
-  EXPECT_EQ(ch.pick_awake(0, 100'000), 1);
+  EXPECT_EQ(ch.pick_awake(0, 100'000, short_task), 1);
+  // Tasks of unknown or long duration: not an awake worker of short tasks.
+  ch.slot(1).task_ns.store(0);
+  EXPECT_EQ(ch.pick_awake(4, 100'000, short_task), 2);
+  ch.slot(2).task_ns.store(short_task);
+  EXPECT_EQ(ch.pick_awake(4, 100'000, short_task), -1);
   // The sleeper is never picked, even with nothing queued anywhere else.
-  ch.slot(1).current_task.store(6);
-  EXPECT_EQ(ch.pick_awake(0, 100'000), -1);
+  ch.slot(2).task_ns.store(0);
+  EXPECT_EQ(ch.pick_awake(1000, 1'000'000'000, 1'000'000'000), -1);
   ASSERT_TRUE(ch.task_ring(0).try_push(2, FrameKind::Call, 0, &byte, 1));
   ch.task_ring(0).notify_consumer();
   sleeper.join();
   EXPECT_TRUE(got.load());
+}
+
+TEST(PoolChannel, PickAwakeFillsTheFirstAwakeWorkerBeforeTheNext) {
+  auto ch = shoal::PoolChannel::create(2, 4096);
+  for (std::size_t i = 0; i < 2; ++i) ch.slot(i).task_ns.store(1'000);
+  const unsigned char byte = 7;
+  for (std::uint64_t id = 1; id <= 3; ++id) {
+    EXPECT_EQ(ch.pick_awake(3, 100'000, 20'000), 0);  // not the emptier slot 1
+    ASSERT_TRUE(ch.task_ring(0).try_push(id, FrameKind::Call, 0, &byte, 1));
+  }
+  EXPECT_EQ(ch.pick_awake(3, 100'000, 20'000), 0);
+  ASSERT_TRUE(ch.task_ring(0).try_push(4, FrameKind::Call, 0, &byte, 1));
+  EXPECT_EQ(ch.pick_awake(3, 100'000, 20'000), 1);  // slot 0 has more than 3 queued
+}
+
+TEST(PoolChannel, SetCurrentKeepsTheStartAndAnAverageTaskTime) {
+  auto ch = shoal::PoolChannel::create(1, 4096);
+  EXPECT_EQ(ch.slot(0).task_ns.load(), 0u);
+  ch.set_current(0, 1);
+  const std::uint64_t start = ch.slot(0).started_ns.load();
+  EXPECT_EQ(ch.slot(0).current_task.load(), 1u);
+  std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  ch.set_current(0, 0);  // task 1 took >= 2 ms: the first sample is the average
+  const std::uint64_t first = ch.slot(0).task_ns.load();
+  EXPECT_GE(first, 2'000'000u);
+  EXPECT_GE(ch.slot(0).started_ns.load(), start + first);
+  EXPECT_EQ(ch.slot(0).current_task.load(), 0u);
+  ch.set_current(0, 0);  // idle time between tasks is not a task
+  EXPECT_EQ(ch.slot(0).task_ns.load(), first);
+  ch.set_current(0, 2);
+  ch.set_current(0, 3);  // task 2 took ~0: the average moves down by about 1/8
+  const std::uint64_t second = ch.slot(0).task_ns.load();
+  EXPECT_LT(second, first);
+  EXPECT_GE(second, first - first / 8 - 1);
+  ch.reset_slot(0);
+  EXPECT_EQ(ch.slot(0).task_ns.load(), 0u);
+  EXPECT_THROW(ch.set_current(1, 1), shoal::Error);
 }
 
 TEST(PoolChannel, AttachValidatesTheDescriptor) {
