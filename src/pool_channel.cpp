@@ -167,24 +167,33 @@ void PoolChannel::set_current(std::size_t i, std::uint64_t task_id) {
   s.current_task.store(task_id, std::memory_order_release);
 }
 
-long PoolChannel::pick_awake(std::uint64_t max_queued, std::int64_t max_running_ns,
-                             std::uint64_t max_task_ns) const noexcept {
+long PoolChannel::pick_slot(std::uint64_t max_queued, std::uint64_t max_task_ns) const noexcept {
   std::uint64_t now = 0;
+  long least = 0;
+  std::uint64_t least_load = ~std::uint64_t{0};
   for (std::size_t i = 0; i < header_->slots; ++i) {
     const WorkerSlot& s = slot(i);
+    const std::uint64_t queued = task_ring(i).queued();
+    const bool running = s.current_task.load(std::memory_order_acquire) != 0;
+    const std::uint64_t load = queued + (running ? 1 : 0);
+    if (load < least_load) {
+      least = static_cast<long>(i);
+      least_load = load;
+    }
     if (s.task_ctl.consumer_waiting.load(std::memory_order_relaxed) != 0) continue;  // asleep
     const std::uint64_t took = s.task_ns.load(std::memory_order_relaxed);
     if (took == 0 || took >= max_task_ns) continue;  // not known to run short tasks
-    const std::uint64_t queued = task_ring(i).queued();
     if (queued > max_queued) continue;
-    if (s.current_task.load(std::memory_order_acquire) != 0) {
+    if (running) {
+      // Behind a task only while it is young for this worker: one that has
+      // run for more than twice the average may be a long one.
       if (now == 0) now = detail::monotonic_ns();
       const std::uint64_t started = s.started_ns.load(std::memory_order_relaxed);
-      if (now > started && static_cast<std::int64_t>(now - started) > max_running_ns) continue;
+      if (now > started && now - started > 2 * took) continue;
     }
     return static_cast<long>(i);  // the first that fits, see the header
   }
-  return -1;
+  return -1 - least;
 }
 
 bool PoolChannel::wait_driver(std::uint32_t seen, std::int64_t timeout_ns,

@@ -107,18 +107,21 @@ class PoolChannel {
   // Worker side: slot i's worker starts task_id (0: it finished its task and
   // runs none). Records the start time and the task time average.
   void set_current(std::size_t i, std::uint64_t task_id);
-  // The slot whose worker is awake (running or spinning, not asleep on its
-  // futex), has at most max_queued frames it has not taken yet, whose tasks
-  // take under max_task_ns on average, and which either runs no task or one
-  // that started at most max_running_ns ago; of those, the first (lowest
-  // index). -1 if there is none. First, not least loaded: while one worker
-  // keeps up with the driver, the others stay asleep and leave their cores
-  // to the driver; they get tasks once its queue passes max_queued. The
-  // driver gives short tasks to such a worker rather than to an idle one that
-  // needs a futex wake first (tens of microseconds on a virtual machine), as
-  // a scheduler prefers a spinning thread to a parked one.
-  long pick_awake(std::uint64_t max_queued, std::int64_t max_running_ns,
-                  std::uint64_t max_task_ns) const noexcept;
+  // Where the driver puts a short task. A worker of short tasks that is
+  // awake (running or spinning, not asleep on its futex) takes it, rather
+  // than an idle worker that needs a futex wake first (tens of microseconds
+  // on a virtual machine), as a scheduler prefers a spinning thread to a
+  // parked one. Such a worker: its tasks take under max_task_ns on average
+  // (set_current), it has at most max_queued frames not taken yet, and it
+  // runs no task or one that has run at most twice its average (a task
+  // running longer may be a long one: nothing queues behind it). The first
+  // such slot (lowest index), not the least loaded: while one worker keeps
+  // up with the driver, the others sleep and leave their cores to the
+  // driver; they get tasks once its queue passes max_queued.
+  // Returns that slot's index (>= 0), or, when there is none, -1 - i for
+  // the slot i with the least load (frames not taken + 1 if running a task;
+  // the lowest index on ties).
+  long pick_slot(std::uint64_t max_queued, std::uint64_t max_task_ns) const noexcept;
   // Tells every worker to leave its loop and wakes them.
   void shutdown() noexcept;
   // Empties slot i's rings and bookkeeping for a replacement worker.

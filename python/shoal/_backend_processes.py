@@ -84,18 +84,20 @@ CALL_DEPTH = max(1, int(os.environ.get("SHOAL_CALL_DEPTH", "8")))
 #: driver's refills; its queued tasks all start within milliseconds.
 CALL_DEPTH_HOT = max(CALL_DEPTH, int(os.environ.get("SHOAL_CALL_DEPTH_HOT", "64")))
 HOT_S = 0.002
-#: submit() gives a task to a worker that is awake (running or spinning)
-#: rather than to the least loaded one, which may be asleep, when the awake
-#: one's tasks take under AWAKE_TASK_NS each (as the worker measures them:
-#: PoolChannel::set_current), it has at most AWAKE_QUEUE
-#: frames not taken yet and its current task started at most
-#: AWAKE_RUNNING_NS ago. Waking a sleeping worker costs the driver a futex
-#: wake, tens of microseconds on a virtual machine: more than a few short
-#: tasks queued behind an awake worker wait. If tasks turn long, at most
-#: AWAKE_QUEUE of them queue behind one before the others are woken.
+#: submit() gives a task of a function whose tasks have run short to the
+#: first worker that is awake (running or spinning) rather than to an idle
+#: one, which may be asleep, when the awake one's tasks take under
+#: AWAKE_TASK_NS each (as the worker measures them:
+#: PoolChannel::set_current), it has at most AWAKE_QUEUE frames not taken
+#: yet, and its current task, if any, has run at most twice its average.
+#: Waking a sleeping worker costs the driver a futex wake, tens of
+#: microseconds on a virtual machine: more than a few short tasks queued
+#: behind an awake worker wait. While one worker keeps up with the driver,
+#: the others sleep and leave their cores to it. Otherwise the least loaded
+#: worker gets it: by frames not taken + its running task for a function
+#: seen to run short, by outstanding tasks for any other.
 AWAKE_TASK_NS = 20_000
 AWAKE_QUEUE = min(4, CALL_DEPTH - 1)
-AWAKE_RUNNING_NS = 100_000
 #: Map Batch frames in flight per worker. The rest wait in the backlog and
 #: go to whichever worker frees up first: a worker slowed down (a busy
 #: neighbour on a shared machine, costlier items) then gets fewer items
@@ -338,6 +340,7 @@ class _Engine:
         self.fns: OrderedDict[tuple, tuple] = OrderedDict()
         self.fn_data: dict[int, bytes] = {}                # fn_id -> data (for resends)
         self.fn_names: dict[int, str] = {}                 # fn_id -> name, for messages
+        self.short_fns: set[int] = set()  # fn_ids whose tasks ran short (AWAKE_TASK_NS)
         self.fn_keep: list = []                            # segments of huge FunctionDefs
         self.closing = False      # no new tasks
         self.stopped = False      # workers are gone
@@ -533,12 +536,19 @@ class _Engine:
                 s = self._pick_slot()
             else:
                 # A worker awake with a short queue of short tasks takes it,
-                # rather than an idle one that needs a futex wake first.
-                i = self.chan.pick_awake(AWAKE_QUEUE, AWAKE_RUNNING_NS, AWAKE_TASK_NS)
-                if i >= 0:
-                    s = self.slots[i]  # AWAKE_QUEUE < CALL_DEPTH: it has room
-                    awake = True
+                # rather than an idle one that needs a futex wake first;
+                # else the least loaded (PoolChannel::pick_slot).
+                if fn_id in self.short_fns:
+                    i = self.chan.pick_slot(AWAKE_QUEUE, AWAKE_TASK_NS)
+                    if i >= 0:
+                        s = self.slots[i]  # AWAKE_QUEUE < CALL_DEPTH: it has room
+                        awake = True
+                    else:
+                        s = self.slots[-1 - i]
                 else:
+                    # The fewest outstanding tasks (a task the worker has
+                    # taken but not started, e.g. while it loads a new
+                    # function, counts here; in the worker's own load not).
                     s = None
                     least = 1 << 62
                     for o in self.slots:  # _pick_slot, inlined
@@ -591,13 +601,13 @@ class _Engine:
                 best, least = s, n
         return best
 
-    def _call_slot(self) -> _Slot | None:
-        """Where Call frames go: an awake worker of short tasks with room
-        (see AWAKE_TASK_NS), else the least loaded one."""
-        if not self.budgeted:
-            i = self.chan.pick_awake(AWAKE_QUEUE, AWAKE_RUNNING_NS, AWAKE_TASK_NS)
-            if i >= 0:
-                return self.slots[i]
+    def _call_slot(self, fn_id: int) -> _Slot | None:
+        """Where Call frames of fn_id go: an awake worker of short tasks with
+        room, if fn_id's tasks are short (see AWAKE_TASK_NS), else the least
+        loaded one."""
+        if not self.budgeted and fn_id in self.short_fns:
+            i = self.chan.pick_slot(AWAKE_QUEUE, AWAKE_TASK_NS)
+            return self.slots[i if i >= 0 else -1 - i]
         return self._pick_slot()
 
     def _frames_for(self, s: _Slot, tasks: list[_Task]) -> tuple[list, list]:
@@ -652,7 +662,7 @@ class _Engine:
     def _place(self, tasks: list[_Task]) -> bool:
         """Pushes tasks (same kind, same fn) to the least-loaded slot. Returns
         False (and pushes nothing) if they do not fit now. Caller holds the lock."""
-        s = self._pick_slot() if tasks[0].data is None else self._call_slot()
+        s = self._pick_slot() if tasks[0].data is None else self._call_slot(tasks[0].fn_id)
         if s is None:
             return False
         if s.budget is not None and s.budget < len(tasks):
@@ -738,7 +748,7 @@ class _Engine:
         worker's free Call depth with one push, for Calls whose function that
         worker has. True if it took anything off the backlog. Lock held."""
         backlog, tasks, limit = self.backlog, self.tasks, self.limit
-        s = self._call_slot()
+        s = self._call_slot(backlog[0].fn_id)
         if s is None:
             return False
         room = self._room(s)
@@ -1109,8 +1119,11 @@ class _Engine:
             if groups:
                 tasks = self.tasks
                 slots = self.slots
+                chan = self.chan
+                short_fns = self.short_fns
                 now = time.monotonic()
                 for slot, frames in groups:
+                    task = None
                     s = slots[slot]
                     st = s.tasks
                     nframes += len(frames)
@@ -1138,6 +1151,13 @@ class _Engine:
                             s.pace = (now - s.last_result) / results
                         s.last_result = now
                         s.busy = bool(st)
+                        if task is not None and task.job is None:
+                            # The function of its latest Call: short or not,
+                            # by the worker's task time average (see submit).
+                            if chan.task_ns(slot) < AWAKE_TASK_NS:
+                                short_fns.add(task.fn_id)
+                            else:
+                                short_fns.discard(task.fn_id)
             for slot, pid, code, sig in exits:
                 self._on_death(slot, pid, code, sig, done)
             if self.timed:

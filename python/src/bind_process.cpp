@@ -135,11 +135,9 @@ static void bind(nb::module_& m) {
             return out;
           },
           nb::arg("slot"))
-      .def("pick_awake", &PoolChannel::pick_awake, nb::arg("max_queued"),
-           nb::arg("max_running_ns"), nb::arg("max_task_ns"),
-           "The awake worker's slot with the fewest (<= max_queued) frames queued whose tasks "
-           "take under max_task_ns and whose task, if any, started at most max_running_ns "
-           "ago; -1 if none.")
+      .def("pick_slot", &PoolChannel::pick_slot, nb::arg("max_queued"), nb::arg("max_task_ns"),
+           "The first awake worker of short tasks with a short queue (>= 0), else -1 - i for "
+           "the least loaded slot i (PoolChannel::pick_slot).")
       .def(
           "task_ns", [](PoolChannel& c, std::size_t slot) {
             return c.slot(slot).task_ns.load(std::memory_order_relaxed);

@@ -264,7 +264,7 @@ TEST(PoolChannel, DoorbellWakesDriverAndCrossesProcesses) {
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
 
-TEST(PoolChannel, PickAwakePrefersAnAwakeWorkerOfShortTasksWithLittleQueued) {
+TEST(PoolChannel, PickSlotPrefersAnAwakeWorkerOfShortTasksWithLittleQueued) {
   auto ch = shoal::PoolChannel::create(3, 4096);
   constexpr std::uint64_t short_task = 20'000;  // ns
   for (std::size_t i = 0; i < 3; ++i) ch.slot(i).task_ns.store(1'000);
@@ -275,41 +275,47 @@ TEST(PoolChannel, PickAwakePrefersAnAwakeWorkerOfShortTasksWithLittleQueued) {
   // Slot 1: awake and empty; slot 2: awake with one frame not taken yet.
   const unsigned char byte = 7;
   ASSERT_TRUE(ch.task_ring(2).try_push(1, FrameKind::Call, 0, &byte, 1));
-  EXPECT_EQ(ch.pick_awake(4, 1'000'000'000, short_task), 1);
-  // Slot 1 runs a task that started a second ago: too long to queue behind.
+  EXPECT_EQ(ch.pick_slot(4, short_task), 1);
+  // Slot 1 runs a task that started a second ago, far past twice its
+  // average: it may be a long one, nothing queues behind it.
   ch.slot(1).started_ns.store(shoal::detail::monotonic_ns() - 1'000'000'000);
   ch.slot(1).current_task.store(5);
-  EXPECT_EQ(ch.pick_awake(4, 100'000, short_task), 2);
-  EXPECT_EQ(ch.pick_awake(1000, 2'000'000'000, short_task), 1);  // it started within 2 s
-  // Nothing queued is allowed: slot 2 is out, slot 1 runs long, slot 0 sleeps.
-  EXPECT_EQ(ch.pick_awake(0, 100'000, short_task), -1);
+  EXPECT_EQ(ch.pick_slot(4, short_task), 2);
+  // Nothing queued allowed: slot 2 is out, slot 1 runs long, slot 0 sleeps;
+  // the least loaded is the sleeper (nothing queued, nothing running).
+  EXPECT_EQ(ch.pick_slot(0, short_task), -1 - 0);
   ch.slot(1).current_task.store(0);
-  EXPECT_EQ(ch.pick_awake(0, 100'000, short_task), 1);
-  // Tasks of unknown or long duration: not an awake worker of short tasks.
+  EXPECT_EQ(ch.pick_slot(0, short_task), 1);
+  // A task younger than twice the average: the worker is still "short".
+  ch.slot(1).task_ns.store(10'000'000'000);
+  ch.slot(1).started_ns.store(shoal::detail::monotonic_ns());
+  ch.slot(1).current_task.store(6);
+  EXPECT_EQ(ch.pick_slot(4, 100'000'000'000), 1);
+  // Tasks of unknown or long duration: not a worker of short tasks.
   ch.slot(1).task_ns.store(0);
-  EXPECT_EQ(ch.pick_awake(4, 100'000, short_task), 2);
+  EXPECT_EQ(ch.pick_slot(4, short_task), 2);
   ch.slot(2).task_ns.store(short_task);
-  EXPECT_EQ(ch.pick_awake(4, 100'000, short_task), -1);
-  // The sleeper is never picked, even with nothing queued anywhere else.
-  ch.slot(2).task_ns.store(0);
-  EXPECT_EQ(ch.pick_awake(1000, 1'000'000'000, 1'000'000'000), -1);
+  EXPECT_EQ(ch.pick_slot(4, short_task), -1 - 0);
+  // The least loaded, when no worker fits: frames not taken + a running task.
   ASSERT_TRUE(ch.task_ring(0).try_push(2, FrameKind::Call, 0, &byte, 1));
+  ASSERT_TRUE(ch.task_ring(0).try_push(3, FrameKind::Call, 0, &byte, 1));
+  EXPECT_EQ(ch.pick_slot(4, short_task), -1 - 1);  // loads 2, 1, 1: the first of the 1s
   ch.task_ring(0).notify_consumer();
   sleeper.join();
   EXPECT_TRUE(got.load());
 }
 
-TEST(PoolChannel, PickAwakeFillsTheFirstAwakeWorkerBeforeTheNext) {
+TEST(PoolChannel, PickSlotFillsTheFirstAwakeWorkerBeforeTheNext) {
   auto ch = shoal::PoolChannel::create(2, 4096);
   for (std::size_t i = 0; i < 2; ++i) ch.slot(i).task_ns.store(1'000);
   const unsigned char byte = 7;
   for (std::uint64_t id = 1; id <= 3; ++id) {
-    EXPECT_EQ(ch.pick_awake(3, 100'000, 20'000), 0);  // not the emptier slot 1
+    EXPECT_EQ(ch.pick_slot(3, 20'000), 0);  // not the emptier slot 1
     ASSERT_TRUE(ch.task_ring(0).try_push(id, FrameKind::Call, 0, &byte, 1));
   }
-  EXPECT_EQ(ch.pick_awake(3, 100'000, 20'000), 0);
+  EXPECT_EQ(ch.pick_slot(3, 20'000), 0);
   ASSERT_TRUE(ch.task_ring(0).try_push(4, FrameKind::Call, 0, &byte, 1));
-  EXPECT_EQ(ch.pick_awake(3, 100'000, 20'000), 1);  // slot 0 has more than 3 queued
+  EXPECT_EQ(ch.pick_slot(3, 20'000), 1);  // slot 0 has more than 3 queued
 }
 
 TEST(PoolChannel, SetCurrentKeepsTheStartAndAnAverageTaskTime) {

@@ -470,3 +470,31 @@ def test_map_items_go_to_the_worker_that_frees_up_first():
     # item 0 plus what was queued behind it before its pace was known
     # (MAP_FRAMES_HOT at most)
     assert len(on_slow) <= 4, on_slow
+
+
+def test_long_tasks_after_short_ones_spread_over_the_workers():
+    """After a stream of short tasks, submit() may queue a task behind an
+    awake worker instead of waking an idle one (AWAKE_TASK_NS), but never
+    behind a task that has run past twice the worker's average: two long
+    tasks submitted together run side by side, on two workers."""
+    import functools
+
+    slow = functools.partial(pid_after, {"default": 0.5})
+    with shoal.Executor(2) as ex:
+        for _ in range(3):
+            [f.result() for f in [ex.submit(square, i) for i in range(2000)]]
+        futs = [ex.submit(slow, i) for i in range(2)]
+        pids = {f.result()[1] for f in futs}
+    assert len(pids) == 2, pids
+
+
+def test_short_tasks_keep_one_worker_busy_and_every_task_runs():
+    """A stream of short tasks prefers the first awake worker (the others
+    may sleep), and still every task runs exactly once, in any order of
+    completion, with both workers alive to take over."""
+    with shoal.Executor(2) as ex:
+        futs = [ex.submit(square, i) for i in range(20000)]
+        assert [f.result() for f in futs] == [i * i for i in range(20000)]
+        pids = ex.backend.pids
+        futs = [ex.submit(os.getpid) for _ in range(200)]
+        assert {f.result() for f in futs} <= set(pids)
