@@ -63,8 +63,9 @@ void SharedSegment::adopt_name() noexcept {
   owner_pid_ = getpid();
 }
 
-SharedSegment SharedSegment::create(std::size_t size) {
+SharedSegment SharedSegment::create(std::size_t size, std::size_t reserve) {
   if (size == 0) size = 1;
+  if (reserve > size) reserve = size;
   for (int attempt = 0;; ++attempt) {
     // Built with append: GCC 12 at -O3 reports a false -Wrestrict on chained operator+.
     std::string name = "/";
@@ -76,7 +77,9 @@ SharedSegment SharedSegment::create(std::size_t size) {
     }
     // posix_fallocate reserves the pages now, so a full /dev/shm fails here
     // with ENOSPC instead of a SIGBUS on first touch in some worker.
-    int rc = posix_fallocate(fd, 0, static_cast<off_t>(size));
+    int rc = 0;
+    if (reserve < size && ftruncate(fd, static_cast<off_t>(size)) != 0) rc = errno;
+    if (rc == 0 && reserve > 0) rc = posix_fallocate(fd, 0, static_cast<off_t>(reserve));
     if (rc != 0) {
       ::close(fd);
       shm_unlink(name.c_str());
@@ -92,6 +95,35 @@ SharedSegment SharedSegment::create(std::size_t size) {
     }
     return SharedSegment(std::move(name), p, size, true);
   }
+}
+
+void SharedSegment::write(std::size_t offset, const void* src, std::size_t n) const {
+  SHOAL_CHECK(offset <= size_ && n <= size_ - offset,
+              "write of " + std::to_string(n) + " bytes at " + std::to_string(offset) +
+                  " outside shared segment " + name_ + " of " + std::to_string(size_) + " bytes");
+  if (n == 0) return;
+  int fd = name_.empty() ? -1 : shm_open(name_.c_str(), O_RDWR | O_CLOEXEC, 0);
+  if (fd < 0) {
+    std::memcpy(static_cast<unsigned char*>(data_) + offset, src, n);
+    return;
+  }
+  const auto* p = static_cast<const unsigned char*>(src);
+  std::size_t done = 0;
+  while (done < n) {
+    ssize_t r = pwrite(fd, p + done, n - done, static_cast<off_t>(offset + done));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      int e = errno;
+      ::close(fd);
+      throw_errno("writing " + std::to_string(n) + " bytes into shared segment " + name_, e);
+    }
+    if (r == 0) {
+      ::close(fd);
+      throw_errno("writing into shared segment " + name_ + " (no progress)", EIO);
+    }
+    done += static_cast<std::size_t>(r);
+  }
+  ::close(fd);
 }
 
 SharedSegment SharedSegment::attach(const std::string& name) {

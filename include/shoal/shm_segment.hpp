@@ -19,7 +19,12 @@ namespace shoal {
 class SharedSegment {
  public:
   // A new zero-filled segment of `size` bytes (size 0 is rounded up to 1).
-  static SharedSegment create(std::size_t size);
+  // The first `reserve` bytes (all by default) get their memory now, so that
+  // a full /dev/shm fails here with ENOSPC instead of a SIGBUS on first
+  // touch. A creator that fills the rest with write() reserves less: write
+  // allocates what it writes (and reports ENOSPC), and the kernel does not
+  // zero pages that are overwritten at once.
+  static SharedSegment create(std::size_t size, std::size_t reserve = static_cast<std::size_t>(-1));
   // Maps an existing segment by name, read-write. Throws SystemError if absent.
   static SharedSegment attach(const std::string& name);
 
@@ -33,6 +38,15 @@ class SharedSegment {
   std::size_t size() const noexcept { return size_; }
   const std::string& name() const noexcept { return name_; }
   bool owns_name() const noexcept { return owns_name_; }
+
+  // Copies n bytes from src to `offset` in the segment through its file
+  // (pwrite), not through the mapping: the kernel fills the pages without a
+  // page fault per 4 KiB page in this process, which for a fresh segment is
+  // about twice as fast (measured: 512 MiB in 0.3 s instead of 0.6-0.7 s).
+  // If the name is gone (unlinked), copies through the mapping instead.
+  // Throws shoal::Error on a range outside the segment, SystemError on a
+  // failed write.
+  void write(std::size_t offset, const void* src, std::size_t n) const;
 
   // Removes the name now (idempotent); existing mappings remain valid.
   void unlink() noexcept;

@@ -522,16 +522,24 @@ def _out_of_band(data: bytes, buffers: list, nbytes: int, refs: list | None,
         pos += -(-m.nbytes // _ALIGN) * _ALIGN
     reused = _ARENA.take(pos)
     if reused is None:
-        seg = _core.SharedSegment.create(pos)
+        # Only the header's memory now: the buffers get theirs from write()
+        # (which reports a full /dev/shm as OSError), unzeroed.
+        seg = _core.SharedSegment.create(pos, _HEADER)
         word = _word(seg)
     else:
         seg, word = reused
     try:
         word[0] = 1
-        dst = seg.view()
-        for off, m in zip(offsets, buffers):
-            dst[off: off + m.nbytes] = np.frombuffer(m, dtype=np.uint8)
-        del dst
+        if reused is None:
+            # Fresh pages, filled through the file: no page fault per 4 KiB
+            # in this process (twice as fast as a copy through the mapping).
+            for off, m in zip(offsets, buffers):
+                seg.write(off, m)
+        else:
+            dst = seg.view()
+            for off, m in zip(offsets, buffers):
+                dst[off: off + m.nbytes] = np.frombuffer(m, dtype=np.uint8)
+            del dst
         name = seg.name.encode()
         head = [bytes((_OOB_MARKER,)), _HEAD.pack(len(name)), name,
                 _COUNT.pack(len(offsets) - pickle_too), bytes((pickle_too,))]

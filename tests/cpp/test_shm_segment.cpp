@@ -1,9 +1,11 @@
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
 #include <filesystem>
+#include <vector>
 
 #include "shoal/check.hpp"
 #include "shoal/shm_segment.hpp"
@@ -108,4 +110,46 @@ TEST(SharedSegment, AForkedCopyDoesNotUnlinkTheParentsName) {
   EXPECT_TRUE(exists_in_dev_shm(name)) << "the child unlinked its parent's segment";
   seg = SharedSegment::create(1);  // in the owner, letting go still unlinks
   EXPECT_FALSE(exists_in_dev_shm(name));
+}
+
+TEST(SharedSegment, WriteGoesThroughTheFileAndIsSeenByEveryMapping) {
+  auto seg = SharedSegment::create(3 * 4096 + 100);
+  auto other = SharedSegment::attach(seg.name());
+  std::vector<unsigned char> src(2 * 4096 + 50);
+  for (std::size_t i = 0; i < src.size(); ++i) src[i] = static_cast<unsigned char>(i * 7 + 1);
+  seg.write(4000, src.data(), src.size());  // straddles pages
+  const auto* mine = static_cast<const unsigned char*>(seg.data());
+  const auto* theirs = static_cast<const unsigned char*>(other.data());
+  EXPECT_EQ(std::memcmp(mine + 4000, src.data(), src.size()), 0);
+  EXPECT_EQ(std::memcmp(theirs + 4000, src.data(), src.size()), 0);
+  EXPECT_EQ(mine[3999], 0);
+  EXPECT_EQ(mine[4000 + src.size()], 0);
+  // The last byte fits; one more does not, nor an offset past the end.
+  seg.write(seg.size() - 1, src.data(), 1);
+  EXPECT_EQ(mine[seg.size() - 1], src[0]);
+  EXPECT_THROW(seg.write(seg.size() - 1, src.data(), 2), shoal::Error);
+  EXPECT_THROW(seg.write(seg.size() + 1, src.data(), 0), shoal::Error);
+  // With the name gone, through the mapping instead.
+  seg.unlink();
+  seg.write(0, src.data(), 10);
+  EXPECT_EQ(std::memcmp(theirs, src.data(), 10), 0);
+}
+
+TEST(SharedSegment, CreateReservesOnlyWhatItIsAskedTo) {
+  struct stat st {};
+  auto all = SharedSegment::create(64 * 4096);
+  ASSERT_EQ(stat(("/dev/shm" + all.name()).c_str(), &st), 0);
+  EXPECT_EQ(static_cast<std::size_t>(st.st_size), 64u * 4096);
+  EXPECT_GE(static_cast<std::size_t>(st.st_blocks) * 512, 64u * 4096);  // memory given now
+  auto head = SharedSegment::create(64 * 4096, 4096);
+  ASSERT_EQ(stat(("/dev/shm" + head.name()).c_str(), &st), 0);
+  EXPECT_EQ(static_cast<std::size_t>(st.st_size), 64u * 4096);  // the full size all the same
+  EXPECT_LT(static_cast<std::size_t>(st.st_blocks) * 512, 64u * 4096);
+  std::vector<unsigned char> src(60 * 4096, 3);
+  head.write(4096, src.data(), src.size());  // write gives the rest its memory
+  ASSERT_EQ(stat(("/dev/shm" + head.name()).c_str(), &st), 0);
+  EXPECT_GE(static_cast<std::size_t>(st.st_blocks) * 512, 61u * 4096);
+  EXPECT_EQ(static_cast<const unsigned char*>(head.data())[4096 + 5], 3);
+  auto none = SharedSegment::create(4096, 0);
+  EXPECT_EQ(static_cast<const unsigned char*>(none.data())[100], 0);  // a hole reads as zero
 }

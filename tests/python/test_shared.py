@@ -83,6 +83,39 @@ def test_creators():
     assert shared.SharedArray is shoal.shared.SharedArray
 
 
+@pytest.mark.parametrize("layout", ["C", "F", "strided", "C->F", "F->C", "structured"])
+def test_big_copies_are_exact_in_every_layout(layout):
+    """Copies of 64 KiB and more are written through the segment's file
+    (pwrite) when the source is contiguous in the wanted order, else element
+    by element; both give the same array."""
+    rng = np.random.default_rng(7)
+    src = rng.random((300, 400))  # 960 KB
+    if layout == "F":
+        src, order, want = np.asfortranarray(src), "K", "F"
+    elif layout == "strided":
+        src, order, want = src[:, ::3], "K", "C"
+    elif layout == "C->F":
+        order, want = "F", "F"
+    elif layout == "F->C":
+        src, order, want = np.asfortranarray(src), "C", "C"
+    elif layout == "structured":
+        src = np.zeros(50_000, dtype=[("a", "i4"), ("b", "f8")])
+        src["a"], src["b"] = np.arange(50_000), rng.random(50_000)
+        order, want = "K", "C"
+    else:
+        order, want = "K", "C"
+    d = shared.copy(src, order=order)
+    np.testing.assert_array_equal(d, src)
+    assert d.dtype == src.dtype
+    assert d.flags.f_contiguous if want == "F" else d.flags.c_contiguous
+    # What a worker maps (a second mapping of the segment) holds the same bytes.
+    from shoal import _core
+
+    other = _core.SharedSegment.attach(d.segment_name).view()
+    flat = d.reshape(-1, order="A").view(np.uint8)
+    assert bytes(other[: flat.nbytes]) == flat.tobytes()
+
+
 def test_structured_dtype():
     dt = np.dtype([("x", "<f8"), ("n", "<i4")])
     a = shared.zeros(10, dtype=dt)
