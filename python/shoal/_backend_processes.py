@@ -467,6 +467,7 @@ class _Engine:
         if len(self.fns) > _FN_CACHE_SIZE:
             _, (_, old_id, _) = self.fns.popitem(last=False)
             self.fn_data.pop(old_id, None)
+            self.short_fns.discard(old_id)
             # Workers forget it too (best effort: a full ring just keeps it).
             forget = _serialize.dumps({"forget": [old_id]}).data
             for s in self.slots:
