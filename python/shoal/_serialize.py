@@ -523,7 +523,11 @@ def _out_of_band(data: bytes, buffers: list, nbytes: int, refs: list | None,
     reused = _ARENA.take(pos)
     if reused is None:
         # Only the header's memory now: the buffers get theirs from write()
-        # (which reports a full /dev/shm as OSError), unzeroed.
+        # (which reports a full /dev/shm as OSError), unzeroed. The gaps
+        # between buffers are under _ALIGN bytes, so every page ends up
+        # written: a later refill of this segment through the mapping (the
+        # recycler) never touches a page without memory (that would be a
+        # SIGBUS on a full /dev/shm, not an OSError).
         seg = _core.SharedSegment.create(pos, _HEADER)
         word = _word(seg)
     else:

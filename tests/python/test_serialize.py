@@ -385,6 +385,22 @@ def test_segments_are_recycled_only_once_the_receiver_let_go():
     np.testing.assert_array_equal(out2, a * 2)
 
 
+def test_a_fresh_segment_has_memory_for_every_page():
+    """A fresh out-of-band segment reserves only its header and write()s the
+    buffers; every page must still end up with memory, since the recycler
+    refills it through the mapping (a page without memory would be a SIGBUS
+    on a full /dev/shm). Odd sizes, several buffers, the pickle stream too."""
+    objs = [np.arange(300_001.0), np.ones(70_003, dtype=np.int8), np.zeros(5)]
+    p = S.dumps(objs, threshold=1 << 10)
+    seg = p.segments[0]
+    st = os.stat("/dev/shm" + seg.name)
+    assert st.st_size == seg.size
+    assert st.st_blocks * 512 >= seg.size
+    out = S.loads(p.data)
+    for a, b in zip(out, objs):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_recycling_across_processes(tmp_path):
     """A real receiver process releases the buffers when its arrays die; the
     sender then refills the same segment."""
