@@ -77,13 +77,16 @@ SPIN_US = float(os.environ.get("SHOAL_DRIVER_SPIN_US", "50"))
 #: Call frames (submit/apply tasks) queued per worker (on its ring, not
 #: taken yet); the rest wait in the driver's backlog with PENDING futures,
 #: so that Future.cancel() and shutdown(cancel_futures=True) can still stop
-#: them (CPython's EXTRA_QUEUED_CALLS idea).
+#: them (CPython's EXTRA_QUEUED_CALLS idea), and go to whichever worker
+#: frees up first. How many: about QUEUE_NS of the worker's time by its
+#: average task time (PoolChannel::set_current), at least 1 and at most
+#: CALL_DEPTH, or CALL_DEPTH_HOT for a function whose tasks have run short
+#: (a stream of short tasks: 8 would starve the worker between the driver's
+#: refills). CALL_DEPTH while the worker's average is not known yet. Tasks
+#: of 1 ms or more: one queued behind the running one, as in CPython.
 CALL_DEPTH = max(1, int(os.environ.get("SHOAL_CALL_DEPTH", "8")))
-#: ... except for a worker that returned a result within the last HOT_S
-#: seconds: it streams short tasks, and 8 would starve it between the
-#: driver's refills; its queued tasks all start within milliseconds.
 CALL_DEPTH_HOT = max(CALL_DEPTH, int(os.environ.get("SHOAL_CALL_DEPTH_HOT", "64")))
-HOT_S = 0.002
+QUEUE_NS = 1_000_000
 #: submit() gives a task of a function whose tasks have run short to the
 #: first worker that is awake (running or spinning) rather than to an idle
 #: one, which may be asleep, when the awake one's tasks take under
@@ -556,7 +559,7 @@ class _Engine:
                         if len(o.tasks) < least:
                             s, least = o, len(o.tasks)
             if (s is not None and fn_id in s.sent_fns
-                    and (awake or len(s.tasks) < CALL_DEPTH or self._room(s) > 0)
+                    and (awake or self._room(s, fn_id) > 0)
                     and (s.budget is None or s.budget > 0)
                     and len(data) <= self.limit
                     and self.chan.push_task(s.index, tid, CALL, 0, data)):
@@ -669,7 +672,7 @@ class _Engine:
         if s.budget is not None and s.budget < len(tasks):
             return False
         if tasks[0].data is not None:
-            if self._room(s) <= 0:
+            if self._room(s, tasks[0].fn_id) <= 0:
                 return False  # Calls wait PENDING in the backlog (cancellable)
         elif s.tasks and len(s.tasks) >= len(tasks) * self._map_frames(s, len(tasks)):
             return False  # map items wait for the first worker to free up
@@ -735,14 +738,17 @@ class _Engine:
             return MAP_FRAMES
         return MAP_FRAMES_HOT
 
-    def _room(self, s: _Slot) -> int:
-        """How many more Call frames slot s may have queued now (on its ring,
-        not taken by its worker yet: a finished task whose result the driver
-        has not read yet takes no room)."""
-        queued = self.chan.queued(s.index)
-        if time.monotonic() - s.last_result < HOT_S:
-            return CALL_DEPTH_HOT - queued
-        return CALL_DEPTH - queued
+    def _room(self, s: _Slot, fn_id: int) -> int:
+        """How many more Call frames of fn_id slot s may have queued now (on
+        its ring, not taken by its worker yet: a finished task whose result
+        the driver has not read yet takes no room). See CALL_DEPTH."""
+        chan = self.chan
+        queued = chan.queued(s.index)
+        took = chan.task_ns(s.index)
+        if took == 0:
+            return CALL_DEPTH - queued
+        cap = CALL_DEPTH_HOT if fn_id in self.short_fns else CALL_DEPTH
+        return min(cap, max(1, QUEUE_NS // took)) - queued
 
     def _refill_calls(self) -> bool:
         """The backlog's fast path for submit(): fills the least-loaded
@@ -752,7 +758,7 @@ class _Engine:
         s = self._call_slot(backlog[0].fn_id)
         if s is None:
             return False
-        room = self._room(s)
+        room = self._room(s, backlog[0].fn_id)
         if s.budget is not None:
             room = min(room, s.budget)
         if room <= 0:

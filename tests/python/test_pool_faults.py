@@ -498,3 +498,24 @@ def test_short_tasks_keep_one_worker_busy_and_every_task_runs():
         pids = ex.backend.pids
         futs = [ex.submit(os.getpid) for _ in range(200)]
         assert {f.result() for f in futs} <= set(pids)
+
+
+def test_long_tasks_stay_cancellable_after_short_ones():
+    """How many tasks wait on a worker's ring (RUNNING, no longer
+    cancellable) follows the worker's task time: for tasks of 10 ms one
+    behind the running one, as in concurrent.futures, even right after a
+    stream of short tasks (seen: all 200 queued on the rings, none
+    cancellable, when short tasks had made the workers "hot")."""
+    import functools
+
+    slow = functools.partial(pid_after, {"default": 0.01})
+    with shoal.Executor(2) as ex:
+        [f.result() for f in [ex.submit(square, i) for i in range(2000)]]
+        futs = [ex.submit(slow, i) for i in range(200)]
+        time.sleep(0.1)
+        cancelled = sum(f.cancel() for f in futs)
+        # at most ~20 done in 0.1 s, and per worker the running task plus
+        # its queue (8 at most while its average still says "short")
+        assert cancelled >= 150, cancelled
+        left = [f for f in futs if not f.cancelled()]
+        assert all(f.result()[0] == futs.index(f) for f in left)
