@@ -133,8 +133,10 @@ def measure(label: str, make: Callable[[], Any] | None, body: Callable[[Any], An
 def measure_interleaved(variants: list, repeats: int) -> list[dict]:
     """Like measure() for several rows, but one run of every row per round,
     rounds repeated: a machine whose speed drifts over seconds (a shared VM)
-    then slows all rows alike instead of whichever ran last.
-    variants: (label, make, body, warm)."""
+    then slows all rows alike instead of whichever ran last. The order turns
+    by one row each round, so that no row always follows the same one (the
+    row after the single-process one starts on a core the host had left
+    idle). variants: (label, make, body, warm)."""
     pools: list = []
     rows: list[dict] = []
     try:
@@ -149,8 +151,9 @@ def measure_interleaved(variants: list, repeats: int) -> list[dict]:
             except Unavailable as exc:
                 rows.append({"label": label, "seconds": None, "error": str(exc)})
         times: dict[str, list[float]] = {label: [] for label, _, _ in live}
-        for _ in range(repeats):
-            for label, pool, body in live:
+        for k in range(repeats):
+            turn = k % len(live) if live else 0
+            for label, pool, body in live[turn:] + live[:turn]:
                 gc.collect()
                 t0 = time.perf_counter()
                 body(pool)
@@ -382,12 +385,24 @@ def goal7(q: bool, r: int):
     integrate_rows(n0, 0, n0)
     dt = time.perf_counter() - t0
     n = max(200, int(n0 * math.sqrt((0.3 if q else 1.5) / max(dt, 1e-6))))
-    blocks = 8 * WORKERS  # row blocks: enough to balance, few enough to be cheap
-    edges = [n * k // blocks for k in range(blocks + 1)]
-    tasks = [(n, edges[k], edges[k + 1]) for k in range(blocks)]
+    def split(blocks):
+        edges = [n * k // blocks for k in range(blocks + 1)]
+        return [(n, edges[k], edges[k + 1]) for k in range(blocks)]
+
+    # Row blocks: enough to balance (a worker slowed down by the machine
+    # takes fewer), few enough to be cheap. The goal's row.
+    blocks = 8 * WORKERS
+    tasks = split(blocks)
+    # The course's own split, one block per worker, for comparison: nothing
+    # to balance, so it runs at the pace of the slower worker.
+    halves = split(WORKERS)
 
     def body(p):
         value = sum(p.map(integrate_block, tasks, chunksize=1))
+        assert abs(value) < 1e-6
+
+    def body_halves(p):
+        value = sum(p.map(integrate_block, halves, chunksize=1))
         assert abs(value) < 1e-6
 
     def bare(_):
@@ -416,7 +431,9 @@ def goal7(q: bool, r: int):
         ("serial Python", None, lambda p: integrate_rows(n, 0, n), None),
         ("shoal.Pool.map", shoal_pool, body, warm_map),
         ("multiprocessing.Pool.map", mp_pool, body, warm_map),
-        (f"{WORKERS} bare forked processes (ceiling)", None, bare, None)], max(r, 5))
+        (f"shoal.Pool.map, {WORKERS} halves (course)", shoal_pool, body_halves,
+         warm_map),
+        (f"{WORKERS} bare forked processes (ceiling)", None, bare, None)], max(r, 2) * 4)
     return (rows, "shoal.Pool.map", "serial Python", 1.9,
             f"2D integration of sin(x+y), n = {n}, {blocks} row blocks")
 
