@@ -20,7 +20,6 @@ import os
 import pickle
 import signal
 import sys
-import traceback
 
 # Frame kinds and flags: shoal/frame.hpp.
 FUNCTION_DEF, CALL, BATCH, RESULT, FAILURE, CONTROL = 1, 2, 3, 4, 5, 6
@@ -83,6 +82,8 @@ class Worker:
         self.chan.push_result(self.slot, task_id, kind, flags, data)
 
     def send_failure(self, task_id: int, exc: BaseException, context: str | None = None) -> None:
+        import traceback  # here: 5 ms of every worker's start otherwise
+
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         if context:
             tb = f"{context}\n{tb}"
