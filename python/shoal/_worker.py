@@ -82,9 +82,12 @@ class Worker:
         self.chan.push_result(self.slot, task_id, kind, flags, data)
 
     def send_failure(self, task_id: int, exc: BaseException, context: str | None = None) -> None:
-        import traceback  # here: 5 ms of every worker's start otherwise
+        try:
+            import traceback  # here: about 10 ms of every worker's start otherwise
 
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        except BaseException:  # noqa: BLE001 - e.g. MemoryError: the error still goes back
+            tb = f"{type(exc).__qualname__}: {exc} (the worker could not format its traceback)"
         if context:
             tb = f"{context}\n{tb}"
         try:
