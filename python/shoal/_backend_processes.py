@@ -197,7 +197,6 @@ class ProcessFuture(Future):
         # frame is on a worker's ring (at most CALL_DEPTH per worker).
         self._state = _F_PENDING
         self._waiters = []
-        self._done_callbacks = []
         self._engine = engine
         self.id = tid
         self.fn_id = fn_id
@@ -205,6 +204,9 @@ class ProcessFuture(Future):
     # Class-level until set: stores saved per submit().
     _result = None
     _exception = None
+    #: a list once a callback is added (add_done_callback): one container
+    #: fewer per submit() for the garbage collector to count and scan
+    _done_callbacks = ()
     data = _Task.data
     keep = _Task.keep
     job = None
@@ -234,6 +236,20 @@ class ProcessFuture(Future):
         if self._exception is None:
             return self._result  # set once, never changes afterwards
         return super().result(timeout=0)
+
+    def add_done_callback(self, fn: Callable[[Future], Any]) -> None:
+        with self._condition:
+            if self._state not in (_CANCELLED, _CANCELLED_NOTIFIED, _FINISHED):
+                if type(self._done_callbacks) is tuple:
+                    self._done_callbacks = []
+                self._done_callbacks.append(fn)
+                return
+        try:
+            fn(self)
+        except Exception:  # noqa: BLE001 - as concurrent.futures does
+            from concurrent.futures._base import LOGGER
+
+            LOGGER.exception("exception calling callback for %r", self)
 
     def cancel(self) -> bool:
         if not super().cancel():
