@@ -519,3 +519,31 @@ def test_long_tasks_stay_cancellable_after_short_ones():
         assert cancelled >= 150, cancelled
         left = [f for f in futs if not f.cancelled()]
         assert all(f.result()[0] == futs.index(f) for f in left)
+
+
+def test_a_worker_killed_during_a_stream_of_short_submits_loses_one_task_at_most():
+    """Short tasks queue on the awake worker's ring (pick_slot, call depth
+    up to 64): when that worker is SIGKILLed mid-stream, its queued tasks go
+    to the others, only the running one fails (WorkerLost), nothing hangs,
+    and a replacement takes over."""
+    from concurrent.futures import wait
+
+    with shoal.Executor(2) as ex:
+        [f.result() for f in [ex.submit(square, i) for i in range(2000)]]
+        before = list(ex.backend.pids)
+        killer = threading.Timer(0.02, os.kill, (before[0], signal.SIGKILL))
+        killer.start()
+        futs = [ex.submit(square, i) for i in range(50_000)]
+        done, not_done = wait(futs, timeout=120)
+        killer.join()
+        assert not not_done
+        lost = [f.exception() for f in futs if f.exception() is not None]
+        assert len(lost) <= 1 and all(isinstance(e, shoal.WorkerLost) for e in lost), lost
+        assert all(f.result() == i * i for i, f in enumerate(futs) if f.exception() is None)
+        deadline = time.monotonic() + 30  # the death is seen by the next pass at the latest
+        while before[0] in ex.backend.pids and time.monotonic() < deadline:
+            assert ex.submit(square, 7).result() == 49
+            time.sleep(0.01)
+        assert before[0] not in ex.backend.pids
+        assert sorted(f.result() for f in [ex.submit(square, i) for i in range(100)]) == \
+            sorted(i * i for i in range(100))
