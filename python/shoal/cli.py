@@ -17,6 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     p_demo.add_argument("--n", type=int, default=None,
                         help="grid size (default: chosen so serial Python takes about 1 s)")
     p_demo.add_argument("--workers", type=int, default=None)
+    p_demo.add_argument("--repeats", type=int, default=3,
+                        help="rounds; each row's time is its median (default: 3)")
 
     args = parser.parse_args(argv)
     if args.command == "info":
@@ -26,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from . import demo
 
-        return demo.main(n=args.n, workers=args.workers)
+        return demo.main(n=args.n, workers=args.workers, repeats=args.repeats)
     return 2
 
 
