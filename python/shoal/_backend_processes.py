@@ -177,7 +177,7 @@ class _Slot:
         self.busy = False       # it had tasks left after its last result
 
 
-class ProcessFuture(Future):
+class ProcessFuture(Future, _Task):
     """A Future whose result() drains the result rings on the calling thread
     (no hop through the collector thread: that is where the round trip time goes).
 
@@ -187,8 +187,8 @@ class ProcessFuture(Future):
     on it but plain Future.result() calls of other code paths, which re-check
     their own state when woken.
 
-    The future is also the engine's record of its task (the fields of _Task,
-    defaults on the class): one object per submit() instead of two that
+    The future is also the engine's record of its task (a _Task, whose
+    defaults it inherits): one object per submit() instead of two that
     refer to each other, which only the cyclic garbage collector could free."""
 
     def __init__(self, engine: "_Engine", tid: int, fn_id: int) -> None:  # noqa: D107
@@ -207,15 +207,6 @@ class ProcessFuture(Future):
     #: a list once a callback is added (add_done_callback): one container
     #: fewer per submit() for the garbage collector to count and scan
     _done_callbacks = ()
-    data = _Task.data
-    keep = _Task.keep
-    job = None
-    index = 0
-    item = None
-    slot = _Task.slot
-    attempts = 0
-    timeout_ns = 0
-    kill_reason = None
 
     @property
     def future(self) -> "ProcessFuture":
@@ -549,31 +540,7 @@ class _Engine:
             # Fast path (every task after the first of a function): one frame
             # to the least-loaded worker that already has the function.
             backlog = self.backlog
-            awake = False
-            if backlog:
-                s = None
-            elif self.budgeted:
-                s = self._pick_slot()
-            else:
-                # A worker awake with a short queue of short tasks takes it,
-                # rather than an idle one that needs a futex wake first;
-                # else the least loaded (PoolChannel::pick_slot).
-                if fn_id in self.short_fns:
-                    i = self.chan.pick_slot(AWAKE_QUEUE, AWAKE_TASK_NS)
-                    if i >= 0:
-                        s = self.slots[i]  # AWAKE_QUEUE < CALL_DEPTH: it has room
-                        awake = True
-                    else:
-                        s = self.slots[-1 - i]
-                else:
-                    # The fewest outstanding tasks (a task the worker has
-                    # taken but not started, e.g. while it loads a new
-                    # function, counts here; in the worker's own load not).
-                    s = None
-                    least = 1 << 62
-                    for o in self.slots:  # _pick_slot, inlined
-                        if len(o.tasks) < least:
-                            s, least = o, len(o.tasks)
+            s, awake = (None, False) if backlog else self._call_slot(fn_id)
             if (s is not None and fn_id in s.sent_fns
                     and (awake or self._room(s, fn_id) > 0)
                     and (s.budget is None or s.budget > 0)
@@ -621,14 +588,20 @@ class _Engine:
                 best, least = s, n
         return best
 
-    def _call_slot(self, fn_id: int) -> _Slot | None:
-        """Where Call frames of fn_id go: an awake worker of short tasks with
-        room, if fn_id's tasks are short (see AWAKE_TASK_NS), else the least
-        loaded one."""
+    def _call_slot(self, fn_id: int) -> tuple[_Slot | None, bool]:
+        """Where Call frames of fn_id go, and whether it is an awake worker
+        of short tasks (then it has room: AWAKE_QUEUE < CALL_DEPTH). For a
+        function whose tasks have run short, such a worker rather than an
+        idle one that needs a futex wake first, else the least loaded by its
+        own load (PoolChannel::pick_slot); for any other, the fewest
+        outstanding tasks (a task the worker has taken but not started, e.g.
+        while it loads a new function, counts there, not in its own load)."""
         if not self.budgeted and fn_id in self.short_fns:
             i = self.chan.pick_slot(AWAKE_QUEUE, AWAKE_TASK_NS)
-            return self.slots[i if i >= 0 else -1 - i]
-        return self._pick_slot()
+            if i >= 0:
+                return self.slots[i], True
+            return self.slots[-1 - i], False
+        return self._pick_slot(), False
 
     def _frames_for(self, s: _Slot, tasks: list[_Task]) -> tuple[list, list]:
         """Frames carrying `tasks` (all Call, or all map items of one fn) to slot s,
@@ -682,7 +655,7 @@ class _Engine:
     def _place(self, tasks: list[_Task]) -> bool:
         """Pushes tasks (same kind, same fn) to the least-loaded slot. Returns
         False (and pushes nothing) if they do not fit now. Caller holds the lock."""
-        s = self._pick_slot() if tasks[0].data is None else self._call_slot(tasks[0].fn_id)
+        s = self._pick_slot() if tasks[0].data is None else self._call_slot(tasks[0].fn_id)[0]
         if s is None:
             return False
         if s.budget is not None and s.budget < len(tasks):
@@ -771,7 +744,7 @@ class _Engine:
         worker's free Call depth with one push, for Calls whose function that
         worker has. True if it took anything off the backlog. Lock held."""
         backlog, tasks, limit = self.backlog, self.tasks, self.limit
-        s = self._call_slot(backlog[0].fn_id)
+        s, _ = self._call_slot(backlog[0].fn_id)
         if s is None:
             return False
         room = self._room(s, backlog[0].fn_id)
