@@ -26,7 +26,6 @@ namespace {
 thread_local ThreadPool* tl_pool = nullptr;  // the pool this thread works for
 thread_local int tl_index = -1;              // its index there
 
-
 // How long an idle worker keeps looking for work before it sleeps. A worker
 // that sleeps costs a futex wake-up (microseconds) on the next fork; one that
 // spins costs a core. Back-to-back loops (the common case) find it spinning.

@@ -1305,7 +1305,7 @@ class _Engine:
             return
         self.dead_pids.append(pid)
         # Results it pushed before dying were drained in this pass already.
-        for slot_, tid, kind, flags, data in self.chan.drain_slot(slot):
+        for tid, kind, flags, data in self.chan.drain_slot(slot):
             task = self.tasks.pop(tid, None)
             if task is not None:
                 s.tasks.pop(tid, None)

@@ -31,13 +31,12 @@ std::int64_t to_ns(std::optional<double> seconds) {
   return static_cast<std::int64_t>(std::llround(s * 1e9));
 }
 
-// Pops every frame of `ring` into Python tuples appended to `out`.
-// prefix_slot >= 0 prepends the slot index to each tuple.
-void drain_into(TaskRing ring, nb::list& out, long prefix_slot, std::size_t max_frames) {
+// Pops every frame of `ring` into (task_id, kind, flags, bytes) tuples
+// appended to `out`.
+void drain_into(TaskRing ring, nb::list& out) {
   FrameHeader h;
   PyObject* payload = nullptr;
-  std::size_t n = 0;
-  while (n < max_frames) {
+  while (true) {
     bool got = ring.try_pop(h, [&](const FrameHeader& hh) -> unsigned char* {
       payload = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(hh.length));
       if (payload == nullptr) throw nb::python_error();
@@ -46,11 +45,7 @@ void drain_into(TaskRing ring, nb::list& out, long prefix_slot, std::size_t max_
     if (!got) break;
     nb::object data = nb::steal(payload);
     payload = nullptr;
-    if (prefix_slot >= 0)
-      out.append(nb::make_tuple(prefix_slot, h.task_id, h.kind, h.flags, data));
-    else
-      out.append(nb::make_tuple(h.task_id, h.kind, h.flags, data));
-    ++n;
+    out.append(nb::make_tuple(h.task_id, h.kind, h.flags, data));
   }
 }
 
@@ -105,22 +100,12 @@ static void bind(nb::module_& m) {
           nb::arg("slot"), nb::arg("task_id"), nb::arg("kind"), nb::arg("flags"), nb::arg("data"),
           "Pushes one frame if it fits now and wakes the worker if it sleeps.")
       .def(
-          "drain_results",
-          [](PoolChannel& c, std::size_t max_frames) {
-            nb::list out;
-            for (std::size_t i = 0; i < c.slots(); ++i)
-              drain_into(c.result_ring(i), out, static_cast<long>(i), max_frames);
-            return out;
-          },
-          nb::arg("max_per_slot") = static_cast<std::size_t>(-1),
-          "Every waiting result frame of every slot as (slot, task_id, kind, flags, bytes).")
-      .def(
           "drain_by_slot",
           [](PoolChannel& c) {
             nb::list out;
             for (std::size_t i = 0; i < c.slots(); ++i) {
               nb::list frames;
-              drain_into(c.result_ring(i), frames, -1, static_cast<std::size_t>(-1));
+              drain_into(c.result_ring(i), frames);
               if (nb::len(frames) != 0) out.append(nb::make_tuple(i, frames));
             }
             return out;
@@ -131,10 +116,11 @@ static void bind(nb::module_& m) {
           "drain_slot",
           [](PoolChannel& c, std::size_t slot) {
             nb::list out;
-            drain_into(c.result_ring(slot), out, static_cast<long>(slot), static_cast<std::size_t>(-1));
+            drain_into(c.result_ring(slot), out);
             return out;
           },
-          nb::arg("slot"))
+          nb::arg("slot"),
+          "Every waiting result frame of one slot as (task_id, kind, flags, bytes).")
       .def("pick_slot", &PoolChannel::pick_slot, nb::arg("max_queued"), nb::arg("max_task_ns"),
            "The first awake worker of short tasks with a short queue (>= 0), else -1 - i for "
            "the least loaded slot i (PoolChannel::pick_slot).")
@@ -186,7 +172,7 @@ static void bind(nb::module_& m) {
                                  c.shutdown_flag());
             }
             nb::list out;
-            drain_into(ring, out, -1, static_cast<std::size_t>(-1));
+            drain_into(ring, out);
             return out;
           },
           nb::arg("slot"), nb::arg("timeout").none(), nb::arg("spin_us") = 50.0,
