@@ -397,13 +397,11 @@ def goal7(q: bool, r: int):
     # to balance, so it runs at the pace of the slower worker.
     halves = split(WORKERS)
 
-    def body(p):
-        value = sum(p.map(integrate_block, tasks, chunksize=1))
-        assert abs(value) < 1e-6
-
-    def body_halves(p):
-        value = sum(p.map(integrate_block, halves, chunksize=1))
-        assert abs(value) < 1e-6
+    def mapping(blocks_):
+        def body(p):
+            value = sum(p.map(integrate_block, blocks_, chunksize=1))
+            assert abs(value) < 1e-6
+        return body
 
     def bare(_):
         # What this machine gives two processes at all: fork two children,
@@ -415,7 +413,7 @@ def goal7(q: bool, r: int):
             pid = os.fork()
             if pid == 0:
                 os.close(r_fd)
-                v = integrate_rows(n, n * k // WORKERS, n * (k + 1) // WORKERS)
+                v = integrate_block(halves[k])
                 os.write(w_fd, repr(v).encode())
                 os._exit(0)
             os.close(w_fd)
@@ -429,10 +427,9 @@ def goal7(q: bool, r: int):
 
     rows = measure_interleaved([
         ("serial Python", None, lambda p: integrate_rows(n, 0, n), None),
-        ("shoal.Pool.map", shoal_pool, body, warm_map),
-        ("multiprocessing.Pool.map", mp_pool, body, warm_map),
-        (f"shoal.Pool.map, {WORKERS} halves (course)", shoal_pool, body_halves,
-         warm_map),
+        ("shoal.Pool.map", shoal_pool, mapping(tasks), warm_map),
+        ("multiprocessing.Pool.map", mp_pool, mapping(tasks), warm_map),
+        (f"shoal.Pool.map, {WORKERS} halves (course)", shoal_pool, mapping(halves), warm_map),
         (f"{WORKERS} bare forked processes (ceiling)", None, bare, None)], max(r, 2) * 4)
     return (rows, "shoal.Pool.map", "serial Python", 1.9,
             f"2D integration of sin(x+y), n = {n}, {blocks} row blocks")
