@@ -159,6 +159,15 @@ class _MapJob:
         self.ordered = ordered
         self.cancelled = False
 
+    def store(self, index: int, value: Any) -> None:
+        """The result of item `index` (a value or a _Failed), unless the map
+        was given up."""
+        if not self.cancelled:
+            self.results[index] = value
+            self.finished += 1
+            if not self.ordered:
+                self.done.append(index)
+
 
 class _Slot:
     __slots__ = ("index", "pid", "tasks", "sent_fns", "ready", "budget", "early_deaths",
@@ -712,9 +721,7 @@ class _Engine:
                     good.append(t)
                 except SerializationError as exc:
                     del self.tasks[t.id]
-                    t.job.results[t.index] = _Failed(exc)
-                    t.job.finished += 1
-                    t.job.done.append(t.index)
+                    t.job.store(t.index, _Failed(exc))
             return not good or self._place(good)
 
     @staticmethod
@@ -1211,7 +1218,7 @@ class _Engine:
                 continue
             job = task.job
             if job is not None:
-                if not job.cancelled:
+                if not job.cancelled:  # job.store(), inlined: once per map result
                     job.results[task.index] = value
                     job.finished += 1
                     if not job.ordered:
@@ -1254,11 +1261,7 @@ class _Engine:
                     continue
                 job = task.job
                 if job is not None:
-                    if not job.cancelled:
-                        job.results[task.index] = value
-                        job.finished += 1
-                        if not job.ordered:
-                            job.done.append(task.index)
+                    job.store(task.index, value)
                 else:
                     try:
                         task.future.set_result(value)
@@ -1279,11 +1282,7 @@ class _Engine:
     def _deliver_exc(self, task: _Task, exc: BaseException) -> None:
         job = task.job
         if job is not None:
-            if not job.cancelled:
-                job.results[task.index] = _Failed(exc)
-                job.finished += 1
-                if not job.ordered:
-                    job.done.append(task.index)
+            job.store(task.index, _Failed(exc))
             return
         fut = task.future
         try:
