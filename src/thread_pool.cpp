@@ -23,6 +23,19 @@ namespace shoal {
 
 namespace {
 
+// How many times this process's ancestry forked since the library loaded: a
+// pthread_atfork child handler adds one (relaxed: only the forking thread
+// exists in the child while it runs, and it reads the value itself later).
+std::atomic<std::uint64_t> g_fork_generation{0};
+
+void count_fork() noexcept { g_fork_generation.fetch_add(1, std::memory_order_relaxed); }
+
+std::uint64_t fork_generation() noexcept {
+  static const int registered = pthread_atfork(nullptr, nullptr, &count_fork);
+  (void)registered;
+  return g_fork_generation.load(std::memory_order_relaxed);
+}
+
 thread_local ThreadPool* tl_pool = nullptr;  // the pool this thread works for
 thread_local int tl_index = -1;              // its index there
 
@@ -103,6 +116,7 @@ Pinning parse_pinning(const char* text) {
 ThreadPool::ThreadPool(int workers, Pinning pinning, std::function<void(int)> on_start,
                        std::function<void(int)> on_exit)
     : on_start_(std::move(on_start)), on_exit_(std::move(on_exit)), pinning_(pinning) {
+  fork_generation_ = fork_generation();
   SHOAL_CHECK(workers >= 0, "ThreadPool needs workers >= 0, got " + std::to_string(workers));
   workers_.reserve(static_cast<std::size_t>(workers));
   for (int i = 0; i < workers; ++i) {
@@ -120,6 +134,9 @@ ThreadPool::~ThreadPool() { join(); }
 void ThreadPool::worker_main(int index, std::vector<int> cpus) {
   tl_pool = this;
   tl_index = index;
+  // Named so that the Python side can tell shoal's threads from others when
+  // it decides whether to fork (python/shoal/_backend_processes.py: _can_fork).
+  (void)pthread_setname_np(pthread_self(), "shoal-pool");
   if (!cpus.empty()) {
     const std::size_t n = cpus.size();
     const std::size_t i = static_cast<std::size_t>(index);
@@ -238,6 +255,8 @@ void ThreadPool::submit(std::function<void()> fn) {
   SHOAL_CHECK(tl_pool == this || !stopping_.load(std::memory_order_acquire),
               "ThreadPool::submit after stop()");
   SHOAL_CHECK(!workers_.empty(), "ThreadPool::submit on a pool with 0 workers");
+  SHOAL_CHECK(!forked_away(), "ThreadPool::submit in a process forked after the pool was built (pid " +
+                                  std::to_string(getpid()) + "): its threads stayed in the parent");
   spawn(new FunctionTask(std::move(fn)), 1);
 }
 
@@ -249,7 +268,19 @@ void ThreadPool::stop() noexcept {
 
 bool ThreadPool::stopped() const noexcept { return stopping_.load(std::memory_order_acquire); }
 
+bool ThreadPool::forked_away() const noexcept {
+  return fork_generation_ != g_fork_generation.load(std::memory_order_relaxed);
+}
+
 void ThreadPool::join() {
+  if (forked_away()) {
+    // The handles name the parent's threads (seen: SIGSEGV in pthread_join
+    // when a forked Python child's garbage collector freed a threads-backend
+    // pool). Leak them, and the tasks still queued; join_mutex_ is not
+    // touched either, the parent may have held it at the fork.
+    if (!threads_.empty()) (new std::vector<std::thread>())->swap(threads_);  // NOLINT: leaked on purpose
+    return;
+  }
   SHOAL_CHECK(tl_pool != this, "ThreadPool::join called from one of its own workers");
   std::lock_guard<std::mutex> lock(join_mutex_);
   if (joined_) return;

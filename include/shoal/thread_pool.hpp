@@ -85,6 +85,13 @@ class ThreadPool {
   // Index of the calling thread among this pool's workers, or -1.
   int worker_index() const noexcept;
 
+  // Whether this process was forked after the pool was built: the pool's
+  // memory came along, its threads did not. Such a pool refuses submit(), and
+  // join() and the destructor abandon its threads' handles (they name threads
+  // of the parent: joining them is undefined, and a joinable std::thread's
+  // destructor ends the program) instead of joining them.
+  bool forked_away() const noexcept;
+
   // The pool the calling thread is a worker of, or nullptr.
   static ThreadPool* current() noexcept;
 
@@ -151,6 +158,9 @@ class ThreadPool {
   alignas(64) std::atomic<bool> stopping_{false};
   std::mutex join_mutex_;  // serialises join()
   bool joined_ = false;    // guarded by join_mutex_
+  // The process's fork count (a pthread_atfork child handler adds one) when
+  // the pool was built; see forked_away().
+  std::uint64_t fork_generation_ = 0;
 };
 
 }  // namespace shoal

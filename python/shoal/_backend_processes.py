@@ -1522,25 +1522,35 @@ os.register_at_fork(after_in_child=_disown_in_child)
 def _can_fork() -> bool:
     """Fork only a driver that runs no other thread, from its main thread (a
     forked worker's parent-death signal follows the thread that forked it).
-    C threads count too, except OpenBLAS's pthreads, which its own fork
+    C threads count too, except two kinds that hold no lock a child could
+    need and that the child abandons: OpenBLAS's pthreads, which its own fork
     handler stops (a numpy driver must not pay an interpreter start per
-    worker for them). SHOAL_START=spawn disables it."""
+    worker for them), and the idle workers of shoal's native-loop pools
+    (named "shoal-pool"; a forked child builds its own, ThreadPool::global).
+    A threads-backend pool that was not joined keeps the driver from forking:
+    its threads run Python. SHOAL_START=spawn disables forking."""
     if os.environ.get("SHOAL_START", "auto") == "spawn":
         return False
-    # A process that has run Python callables on shoal's C++ threads keeps
-    # interpreter state from them (thread states of finished threads) that a
-    # forked child inherits: forked workers of such a driver were seen to
-    # crash (SIGSEGV on their first task). Spawn there, even after they ended.
     threads_backend = sys.modules.get("shoal._backend_threads")
-    if threads_backend is not None and getattr(threads_backend, "ever_started", False):
+    if threads_backend is not None and threads_backend.threads_running():
         return False
     if threading.current_thread() is not threading.main_thread() or \
             threading.active_count() != 1:
         return False
     try:
-        extra = len(os.listdir("/proc/self/task")) - 1
+        tids = os.listdir("/proc/self/task")
     except OSError:
         return False
+    extra = len(tids) - 1
+    if extra == 0:
+        return True
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/comm", "rb") as fh:
+                if fh.read().rstrip(b"\n") == b"shoal-pool":
+                    extra -= 1
+        except OSError:
+            pass  # a thread that ended meanwhile
     if extra == 0:
         return True
     from . import _openblas

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import os
 import threading
 import time
 import traceback
@@ -175,9 +176,30 @@ class _WorkItem:
 
 _live: "weakref.WeakSet[ThreadBackend]" = weakref.WeakSet()
 _exiting = False
-# Set once a pool has run Python on C++ threads in this process; the processes
-# backend then never forks this process (it spawns fresh interpreters).
-ever_started = False
+
+
+def threads_running() -> bool:
+    """Whether a pool of this backend may have threads in this process: one
+    that exists and was not joined (shutdown(wait=True)). The processes
+    backend does not fork then: a forked child would inherit whatever Python
+    locks those threads hold."""
+    return any(not backend._joined for backend in list(_live))
+
+
+def _in_forked_child() -> None:
+    # The pools' threads stayed in the parent: their queues would never run.
+    # The C++ pool refuses submit() there too (ThreadPool::forked_away) and
+    # drops its threads' handles without joining them.
+    for backend in list(_live):
+        backend._joined = True
+        if backend._state.broken is None:
+            backend._state.broken = (f"this threads-backend pool belongs to process "
+                                     f"{backend._owner_pid}; this process ({os.getpid()}) "
+                                     f"was forked from it, without its threads")
+    _live.clear()
+
+
+os.register_at_fork(after_in_child=_in_forked_child)
 
 
 def _at_exit() -> None:
@@ -220,8 +242,8 @@ class ThreadBackend(Backend):
         self._state = _State(self.initializer, tuple(self.initargs))
         self._lock = threading.Lock()
         self._shutdown = False
-        global ever_started
-        ever_started = True
+        self._joined = False
+        self._owner_pid = os.getpid()
         self._pool = _core.ThreadPool(workers, self._state.on_thread_start)
         _live.add(self)
 
@@ -261,6 +283,7 @@ class ThreadBackend(Backend):
                 raise RuntimeError("shutdown(wait=True) from one of the pool's own threads "
                                    "would wait for itself")
             self._pool.join()  # GIL released inside: workers finish their Python tasks
+            self._joined = True
 
     def terminate(self) -> None:
         """Cancel queued tasks and fail the Futures of running ones with

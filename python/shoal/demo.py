@@ -123,8 +123,6 @@ def threads_backend(n: int, workers: int) -> float:
         backend.shutdown()
 
 
-native_kernel.leaves_threads = True  # type: ignore[attr-defined]
-threads_backend.leaves_threads = True  # type: ignore[attr-defined]
 ROWS.append(("native: cfunc + parallel_reduce", native_kernel))
 ROWS.append(("threads backend (GIL-bound, ~1x)", threads_backend))
 
@@ -141,7 +139,7 @@ def main(n: int | None = None, workers: int | None = None, repeats: int = 3) -> 
     repeats = max(1, repeats)
     print(f"\n2D integration of sin(x+y) over [0,pi]^2, n = {n} ({n * n:,} points), "
           f"{workers} worker(s); exact value 0; median of {repeats} rounds, every row once "
-          f"per round, the order turning each round (rows that leave threads running: last)\n")
+          f"per round, the order turning each round\n")
     # One-off set-up (e.g. JIT) is not timed; a row that cannot run here
     # says why and the demo goes on.
     live: list = []
@@ -156,24 +154,20 @@ def main(n: int | None = None, workers: int | None = None, repeats: int = 3) -> 
             failed[label] = exc
     times: dict = {label: [] for label, _ in live}
     values: dict = {}
-    # Rows that leave threads running in this process (the native kernel's
-    # C++ pool, the threads backend) go after the others' rounds: a process
-    # pool started next to them cannot fork its workers and spawns fresh
-    # interpreters instead (about 0.1 s more here), which is not what a
-    # script that uses one process pool sees.
-    for group in ([r for r in live if not getattr(r[1], "leaves_threads", False)],
-                  [r for r in live if getattr(r[1], "leaves_threads", False)]):
-        for k in range(repeats):
-            turn = k % len(group) if group else 0
-            for label, fn in group[turn:] + group[:turn]:
-                if label in failed:
-                    continue
-                try:
-                    t0 = time.perf_counter()
-                    values[label] = fn(n, workers)
-                    times[label].append(time.perf_counter() - t0)
-                except Exception as exc:  # noqa: BLE001
-                    failed[label] = exc
+    # The threads left behind by the native kernel's C++ pool (idle) and by
+    # the threads backend (joined) do not stop a process pool started next
+    # from forking its workers (python/shoal/_backend_processes.py: _can_fork).
+    for k in range(repeats):
+        turn = k % len(live) if live else 0
+        for label, fn in live[turn:] + live[:turn]:
+            if label in failed:
+                continue
+            try:
+                t0 = time.perf_counter()
+                values[label] = fn(n, workers)
+                times[label].append(time.perf_counter() - t0)
+            except Exception as exc:  # noqa: BLE001
+                failed[label] = exc
     print(f"{'method':<34} {'integral':>14} {'error':>10} {'time [s]':>9} {'speedup':>8}")
     base = None
     for label, _ in ROWS:

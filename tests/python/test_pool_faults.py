@@ -547,3 +547,87 @@ def test_a_worker_killed_during_a_stream_of_short_submits_loses_one_task_at_most
         assert before[0] not in ex.backend.pids
         assert sorted(f.result() for f in [ex.submit(square, i) for i in range(100)]) == \
             sorted(i * i for i in range(100))
+
+
+def test_forks_after_threads_backend_pools_and_native_loops(tmp_path):
+    """A threads-backend pool is memory only in a forked child: its threads
+    stayed in the parent. Regression: a forked worker's garbage collector
+    freed such a pool (garbage in a reference cycle the parent had not
+    collected yet) and its C++ destructor joined the parent's threads:
+    SIGSEGV in pthread_join on the worker's first task. The child now drops
+    the pool without joining, and a submit() there raises BrokenPool.
+    While a threads-backend pool has live threads, process pools spawn (those
+    threads run Python); once it is joined, and with only the idle threads of
+    the native loops' pool around, they fork again."""
+    script = tmp_path / "threads_then_fork.py"
+    script.write_text(textwrap.dedent("""
+        import gc, os
+        import numpy as np
+        from numba import cfunc, types, carray
+        import shoal
+        from shoal._backend_processes import _can_fork
+
+        def square(x):
+            return x * x
+
+        def leave_garbage():
+            ex = shoal.Executor(2, backend="threads")
+            assert ex.submit(pow, 2, 5).result(timeout=30) == 32
+            cycle = [ex]
+            cycle.append(cycle)  # unreachable, and not collected: gc is off
+
+        gc.disable()
+        leave_garbage()
+        live = shoal.Executor(2, backend="threads")
+        assert live.submit(pow, 3, 2).result(timeout=30) == 9
+        assert not _can_fork()
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                live.submit(pow, 2, 3)
+                code |= 2  # accepted: nothing would ever run it
+            except shoal.BrokenPool as exc:
+                if "forked" not in str(exc):
+                    code |= 4
+            gc.collect()  # frees the parent's garbage pool here
+            with shoal.Executor(2, backend="threads") as mine:
+                if mine.submit(pow, 2, 10).result(timeout=30) != 1024:
+                    code |= 8
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status), f"child killed by signal {os.WTERMSIG(status)}"
+        assert os.WEXITSTATUS(status) == 0, os.WEXITSTATUS(status)
+
+        # Process pools whose workers were forked, and a worker that collects
+        # the garbage pool it inherited, run their tasks.
+        with shoal.Pool(2) as pool:
+            assert pool.map(square, range(50)) == [x * x for x in range(50)]
+        live.shutdown(wait=True)
+        gc.enable()
+        gc.collect()
+        assert _can_fork()
+
+        @cfunc(types.void(types.int64, types.int64, types.CPointer(types.int64)))
+        def mark(begin, end, out):
+            o = carray(out, (end,))
+            for i in range(begin, end):
+                o[i] = i
+
+        a = np.zeros(10_000, dtype=np.int64)
+        shoal.parallel_for(a.size, mark, a, grain=64)
+        assert (a == np.arange(a.size)).all()
+        assert _can_fork(), "idle native-loop threads must not prevent a fork"
+        with shoal.Pool(2) as pool:
+            for wpid in pool.backend.pids:
+                cmd = b""
+                while not cmd:
+                    cmd = open(f"/proc/{wpid}/cmdline", "rb").read()
+                assert b"shoal._worker" not in cmd, cmd  # forked, not spawned
+            assert pool.map(square, range(50)) == [x * x for x in range(50)]
+        print("OK")
+    """))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=180, env={k: v for k, v in os.environ.items()
+                                           if k != "SHOAL_START"})
+    assert out.returncode == 0 and "OK" in out.stdout, out.stdout + out.stderr
