@@ -851,30 +851,39 @@ class _Engine:
         of results (one per task: saves a generator step per item). eager:
         every item is submitted before this returns (Executor.map), instead
         of a window refilled as results are taken."""
-        from ._mapping import auto_chunksize, chunked, run_chunk
+        from ._mapping import GUIDED_MIN_ITEMS, auto_chunksize, chunked, guided_chunks, run_chunk
 
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             n = len(iterable)  # type: ignore[arg-type]
         except TypeError:
             n = None
+        sliceable = isinstance(iterable, (range, list, tuple))
+        guided = chunksize is None and sliceable and n >= GUIDED_MIN_ITEMS * self.workers \
+            and os.environ.get("SHOAL_GUIDED", "1") != "0"
         if chunksize is None:
             chunksize = auto_chunksize(n, self.workers)
         if chunksize < 1:
             raise ValueError(f"chunksize must be >= 1, got {chunksize}")
-        if chunksize == 1:
+        if guided:
+            task_fn = fn
+            units = guided_chunks(iterable, n, self.workers)
+            n_units = None
+        elif chunksize == 1:
             task_fn, units = fn, iter(iterable)
             n_units = n
         else:
             task_fn = fn
-            if isinstance(iterable, (range, list, tuple)):
+            if sliceable:
                 # Slices: a range chunk pickles as three integers.
                 units = (iterable[i: i + chunksize] for i in range(0, n, chunksize))
             else:
                 units = chunked(iterable, chunksize)
             n_units = None if n is None else -(-n // chunksize)
         # Tasks per Batch frame: enough to amortize a frame, few enough to balance.
-        if n_units is None:
+        if guided:
+            per_frame = 1
+        elif n_units is None:
             per_frame = 32
         else:
             per_frame = max(1, min(512, n_units // (self.workers * 8)))
@@ -887,7 +896,7 @@ class _Engine:
         job = _MapJob(ordered, name, per_frame)
         with self.lock:
             self._check_open()
-            fn_id = self._fn_id(task_fn, chunked=chunksize > 1)
+            fn_id = self._fn_id(task_fn, chunked=guided or chunksize > 1)
         if eager:
             try:
                 while True:
@@ -904,7 +913,7 @@ class _Engine:
                         self.timed.discard(t.id)
                 raise
         return self._map_iter(job, fn_id, name, units, per_frame, window, deadline,
-                              chunksize > 1, chunks)
+                              guided or chunksize > 1, chunks)
 
     def _map_submit(self, job: _MapJob, fn_id: int, name: str, items: list) -> None:
         results = job.results

@@ -39,6 +39,27 @@ def auto_chunksize(n_items: int | None, workers: int) -> int:
     return max(1, -(-n_items // (4 * max(1, workers))))
 
 
+#: guided chunks only for maps of at least this many items per worker
+GUIDED_MIN_ITEMS = 32
+
+
+def guided_chunks(seq: Any, n: int, workers: int) -> Iterator[Any]:
+    """Slices of seq whose sizes shrink as the map goes (guided scheduling,
+    as OpenMP's schedule(guided)): each is a 1/(4 x workers) share of the
+    items not handed out yet, between n/(32 x workers) and n/(4 x workers).
+    The first ones are as large as auto_chunksize's, so their overhead is the
+    same; the last ones are 8 times smaller, so a worker that a busy
+    neighbour slowed down, or that drew costlier items, holds up the end of
+    the map by a small chunk instead of a quarter of its share."""
+    w = max(1, workers)
+    smallest = max(1, -(-n // (32 * w)))
+    i = 0
+    while i < n:
+        size = max(smallest, -(-(n - i) // (4 * w)))
+        yield seq[i: i + size]
+        i += size
+
+
 def chunked(iterable: Iterable, size: int) -> Iterator[list]:
     it = iter(iterable)
     while chunk := list(itertools.islice(it, size)):

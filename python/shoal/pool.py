@@ -229,18 +229,22 @@ class Pool:
                   error_callback: Callable | None = None) -> AsyncResult:
         """``map`` without waiting: ``get()`` returns the list. Every chunk is
         submitted now; ``callback(list)`` or ``error_callback(exc)`` runs once."""
-        from ._mapping import auto_chunksize, run_chunk
+        from ._mapping import GUIDED_MIN_ITEMS, auto_chunksize, guided_chunks, run_chunk
 
         self._check_running()
         items = list(iterable)
-        if chunksize is None:
-            chunksize = auto_chunksize(len(items), self._workers)
-        if chunksize < 1:
+        n = len(items)
+        if chunksize is not None and chunksize < 1:
             raise ValueError(f"chunksize must be >= 1, got {chunksize}")
+        if chunksize is None and n >= GUIDED_MIN_ITEMS * self._workers:
+            chunks: Iterable = guided_chunks(items, n, self._workers)
+        else:
+            size = chunksize or auto_chunksize(n, self._workers)
+            chunks = (items[i: i + size] for i in range(0, n, size))
         parts = []
         try:
-            for i in range(0, len(items), chunksize):
-                parts.append(self._backend.submit(run_chunk, (fn, items[i: i + chunksize])))
+            for chunk in chunks:
+                parts.append(self._backend.submit(run_chunk, (fn, chunk)))
         except BaseException:
             for p in parts:
                 p.cancel()

@@ -214,3 +214,34 @@ def test_progress_bar(pool, capsys):
         sorted(i * i for i in range(20))
     err = capsys.readouterr().err
     assert "50/50" in err and "20/20" in err
+
+
+@pytest.mark.parametrize("n,workers", [(64, 2), (65, 2), (1000, 2), (200_000, 2), (4097, 3),
+                                       (10_000, 16)])
+def test_guided_chunks_cover_every_item_once_and_shrink(n, workers):
+    from shoal._mapping import auto_chunksize, guided_chunks
+
+    chunks = list(guided_chunks(range(n), n, workers))
+    assert [x for c in chunks for x in c] == list(range(n))
+    sizes = [len(c) for c in chunks]
+    assert sizes[0] == auto_chunksize(n, workers)  # no more overhead than fixed chunks at first
+    assert sizes[:-1] == sorted(sizes[:-1], reverse=True)  # then smaller and smaller
+    assert min(sizes[:-1] or sizes) == max(1, -(-n // (32 * workers)))
+    assert len(chunks) <= 32 * workers + 1
+
+
+@pytest.mark.parametrize("n", [0, 1, 63, 64, 65, 1000, 4097])
+@pytest.mark.parametrize("kind", [range, list, tuple])
+def test_automatic_chunks_keep_every_result_in_order(pool, executor, n, kind):
+    items = range(n) if kind is range else kind(range(n))
+    want = [x * x for x in range(n)]
+    assert pool.map(square, items) == want
+    assert list(pool.imap(square, items)) == want
+    assert sorted(pool.imap_unordered(square, items)) == want
+    assert pool.map_async(square, items).get(timeout=60) == want
+    assert list(executor.map(square, items)) == want
+
+
+def test_fixed_chunks_when_guided_ones_are_turned_off(pool, monkeypatch):
+    monkeypatch.setenv("SHOAL_GUIDED", "0")
+    assert pool.map(square, range(5000)) == [x * x for x in range(5000)]
