@@ -403,6 +403,12 @@ def goal7(q: bool, r: int):
             assert abs(value) < 1e-6
         return body
 
+    rows_ = [(n, i, i + 1) for i in range(n)]
+
+    def by_rows(p):
+        value = sum(p.map(integrate_block, rows_))
+        assert abs(value) < 1e-6
+
     def bare(_):
         # What this machine gives two processes at all: fork two children,
         # each integrates half the rows and writes its sum to a pipe. No pool,
@@ -430,6 +436,10 @@ def goal7(q: bool, r: int):
         ("shoal.Pool.map", shoal_pool, mapping(tasks), warm_map),
         ("multiprocessing.Pool.map", mp_pool, mapping(tasks), warm_map),
         (f"shoal.Pool.map, {WORKERS} halves (course)", shoal_pool, mapping(halves), warm_map),
+        # One task per row, chunks left to the pool: guided ones for shoal,
+        # n/(4 x workers) rows each for multiprocessing.
+        ("shoal.Pool.map by rows, auto chunks", shoal_pool, by_rows, warm_map),
+        ("multiprocessing by rows, auto chunks", mp_pool, by_rows, warm_map),
         (f"{WORKERS} bare forked processes (ceiling)", None, bare, None)], max(r, 2) * 4)
     return (rows, "shoal.Pool.map", "serial Python", 1.9,
             f"2D integration of sin(x+y), n = {n}, {blocks} row blocks")
