@@ -847,8 +847,9 @@ class _Engine:
     def map(self, fn: Callable, iterable: Iterable, chunksize: int | None, ordered: bool,
             timeout: float | None, *, chunks: bool = False,
             eager: bool = False) -> Iterator[Any]:
-        """Iterator over fn(x) for x in iterable; with chunks=True over lists
-        of results (one per task: saves a generator step per item). eager:
+        """Iterator over fn(x) for x in iterable; with chunks=True over
+        sequences of result lists, for the caller to extend its list with each
+        (map_list: no generator step per item, no flattened copy). eager:
         every item is submitted before this returns (Executor.map), instead
         of a window refilled as results are taken."""
         from ._mapping import GUIDED_MIN_ITEMS, auto_chunksize, chunked, guided_chunks, run_chunk
@@ -991,10 +992,9 @@ class _Engine:
                             raise r.exc
                     if not exhausted and in_window() <= low:
                         refill()
-                    if flatten:
-                        yield list(itertools.chain.from_iterable(run))
-                    else:
-                        yield run
+                    # Lists for the caller to extend its result with: each
+                    # chunk's own list (no flattened copy of them first).
+                    yield run if flatten else (run,)
             elif job.ordered:
                 while nxt < len(results):
                     r = results[nxt]
@@ -1649,8 +1649,9 @@ class ProcessBackend(Backend):
             raise TypeError(f"{fn!r} is not callable")
         out: list = []
         extend = out.extend
-        for part in self._engine.map(fn, iterable, chunksize, True, None, chunks=True):
-            extend(part)
+        for parts in self._engine.map(fn, iterable, chunksize, True, None, chunks=True):
+            for part in parts:
+                extend(part)
         return out
 
     def cancel_running(self, future: Future) -> bool:
