@@ -265,6 +265,7 @@ void WorkerSupervisor::stop(double grace_seconds) {
 namespace {
 
 pid_t g_driver_pid = 0;
+pid_t g_parent_pid = 0;  // the worker's parent: the driver, or the fork server
 
 // "shoal.<pid>." into buf (no snprintf: async-signal-safe).
 std::size_t segment_prefix_of(pid_t pid, char* buf) {
@@ -299,11 +300,16 @@ struct linux_dirent64 {
 // else. The driver itself never sends SIGTERM to a worker (it uses the
 // channel, or SIGKILL), and its supervisor thread only ends after reaping
 // every worker, so either case means the driver is gone.
+//
+// A worker of the fork server (g_parent_pid != g_driver_pid) gets the signal
+// when the server dies; the driver may live on (the server was killed): its
+// segments are then still in use, and only this worker's own are removed.
 void on_parent_death(int sig, siginfo_t* info, void*) {
   int saved = errno;
-  const bool from_driver = info != nullptr && info->si_pid == g_driver_pid;
-  if (from_driver || getppid() != g_driver_pid) {
-    sweep_segments_of(g_driver_pid);
+  const bool from_parent = info != nullptr && info->si_pid == g_parent_pid;
+  if (from_parent || getppid() != g_parent_pid) {
+    if (g_parent_pid == g_driver_pid || (kill(g_driver_pid, 0) != 0 && errno == ESRCH))
+      sweep_segments_of(g_driver_pid);
     sweep_segments_of(getpid());
   }
   errno = saved;
@@ -334,16 +340,17 @@ int sweep_segments_of(pid_t pid) noexcept {
   return removed;
 }
 
-void guard_worker(pid_t driver_pid) {
+void guard_worker(pid_t driver_pid, pid_t parent_pid) {
   g_driver_pid = driver_pid;
+  g_parent_pid = parent_pid > 0 ? parent_pid : driver_pid;
   struct sigaction sa {};
   sa.sa_sigaction = on_parent_death;
   sigemptyset(&sa.sa_mask);
   sa.sa_flags = SA_RESETHAND | SA_SIGINFO;
   if (sigaction(SIGTERM, &sa, nullptr) != 0) throw_errno("sigaction(SIGTERM) in worker");
   if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0) throw_errno("prctl(PR_SET_PDEATHSIG)");
-  // The driver may have died before prctl: then no signal will ever come.
-  if (getppid() != driver_pid) on_parent_death(SIGTERM, nullptr, nullptr);
+  // The parent may have died before prctl: then no signal will ever come.
+  if (getppid() != g_parent_pid) on_parent_death(SIGTERM, nullptr, nullptr);
 }
 
 }  // namespace shoal

@@ -109,7 +109,10 @@ class WorkerSupervisor {
 // handler that removes the shared-memory segments named after the driver and
 // after this worker (async-signal-safe: raw getdents64 + unlink), then dies.
 // If the driver is already gone, does the same at once.
-void guard_worker(pid_t driver_pid);
+// parent_pid: the worker's parent when that is not the driver (the pool's
+// fork server). Its death ends the worker too, but the driver's segments are
+// removed only if the driver is gone as well.
+void guard_worker(pid_t driver_pid, pid_t parent_pid = 0);
 
 // Removes /dev/shm/shoal.<pid>.* (async-signal-safe). Returns how many.
 int sweep_segments_of(pid_t pid) noexcept;

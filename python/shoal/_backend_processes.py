@@ -297,6 +297,114 @@ def _read_indirect(name: bytes) -> bytes:
     return bytes(v[8: 8 + n])
 
 
+class _ServerGone(OSError):
+    """The fork server died, closed its end or stopped answering."""
+
+
+class _ForkServer:
+    """The driver's end of a pool's fork server (python/shoal/_worker.py:
+    run_fork_server, which describes the protocol). Plain pipes: the socket
+    module's import alone took 6 ms of a 15 ms pool start. Used under the
+    engine's lock only."""
+
+    def __init__(self, pid: int, req_fd: int, rep_fd: int) -> None:
+        self.pid = pid
+        self.req_fd = req_fd
+        self.rep_fd = rep_fd   # non-blocking
+        self.buf = b""
+        self.exits: list[tuple[int, int]] = []  # (pid, exit code or -signal) not handed out yet
+
+    def _send(self, op: int, a: int) -> None:
+        import struct
+
+        os.write(self.req_fd, struct.pack("qqq", op, a, 0))
+
+    def _records(self, wait_s: float) -> list[tuple[int, int, int]]:
+        """Records that have arrived; waits up to wait_s for the first."""
+        import select
+        import struct
+
+        from ._worker import ZY_RECORD
+
+        if wait_s > 0 and len(self.buf) < ZY_RECORD:
+            p = select.poll()
+            p.register(self.rep_fd, select.POLLIN)
+            p.poll(int(wait_s * 1000))
+        while True:
+            try:
+                data = os.read(self.rep_fd, 64 * ZY_RECORD)
+            except (BlockingIOError, InterruptedError):
+                break
+            if not data:
+                if len(self.buf) < ZY_RECORD:
+                    raise _ServerGone("the pool's fork server has gone")
+                break
+            self.buf += data
+            if len(data) < 64 * ZY_RECORD:
+                break
+        out = []
+        while len(self.buf) >= ZY_RECORD:
+            out.append(struct.unpack_from("qqq", self.buf))
+            self.buf = self.buf[ZY_RECORD:]
+        return out
+
+    def fork(self, slot: int) -> tuple[int, int]:
+        """A new worker for slot: (pid, pidfd). _ServerGone if the server has
+        died or does not answer; OSError if it could not fork this time."""
+        from ._worker import ZY_ADOPTED, ZY_EXITED, ZY_FAILED, ZY_FORK, ZY_FORKED
+
+        try:
+            self._send(ZY_FORK, slot)
+        except OSError as exc:  # EPIPE: it has gone
+            raise _ServerGone("the pool's fork server has gone") from exc
+        deadline = time.monotonic() + 30.0  # it answers in about a millisecond
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _ServerGone("the pool's fork server did not answer")
+            for op, a, b in self._records(left):
+                if op == ZY_EXITED:
+                    self.exits.append((a, b))
+                elif op == ZY_FAILED:
+                    raise OSError(a, f"the pool's fork server could not fork: {os.strerror(a)}")
+                elif op == ZY_FORKED:
+                    # Not reaped before ADOPTED: the pid still names our worker.
+                    pidfd = os.pidfd_open(a)
+                    try:
+                        self._send(ZY_ADOPTED, a)
+                    except OSError as exc:
+                        os.close(pidfd)
+                        raise _ServerGone("the pool's fork server has gone") from exc
+                    return a, pidfd
+
+    def take_exits(self) -> list[tuple[int, int]]:
+        """Deaths of its workers reported since the last call."""
+        from ._worker import ZY_EXITED
+
+        try:
+            for op, a, b in self._records(0):
+                if op == ZY_EXITED:
+                    self.exits.append((a, b))
+        except _ServerGone:
+            pass  # its own death comes from the supervisor
+        out, self.exits = self.exits, []
+        return out
+
+    def close(self, quit: bool = True) -> None:
+        from ._worker import ZY_QUIT
+
+        if quit:
+            try:
+                self._send(ZY_QUIT, 0)
+            except OSError:
+                pass
+        for fd in (self.req_fd, self.rep_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
 class _Engine:
     """All state of one process pool. The backend object is a thin handle on
     it, so that dropping the handle (gc) can terminate the engine while the
@@ -320,24 +428,44 @@ class _Engine:
         if initializer is not None:
             self.init_payload = _serialize.dumps((initializer, tuple(initargs)))
             self.init_data = bytes(self.init_payload.data)
+        self.server: _ForkServer | None = None
+        self.remote: dict[int, int] = {}  # pid -> pidfd of workers the fork server started
+        self.pending_exits: list = []     # theirs, when the server died (see _fork_server_died)
         if _can_fork():
             # The driver runs no thread yet (checked): forking is safe and
-            # skips an interpreter start per worker. Replacements are spawned.
-            # Each is announced at once, so the first can be ready while the
-            # next is forked.
+            # skips an interpreter start per worker. A pool that recycles its
+            # workers (max_tasks_per_worker) gets a fork server too, forked
+            # first (it sleeps until it is asked, and the workers' forks then
+            # leave the driver's pages shared once, not twice): its
+            # replacements are forked from it in about a millisecond, instead
+            # of fresh interpreters (about 50 ms of CPU each here). Other
+            # pools do without: the server would cost their start about 2 ms
+            # (the fork, and reaping it at the end) for deaths that are rare.
+            # SHOAL_FORK_SERVER=1 gives every fork pool one, =0 none.
+            want = os.environ.get("SHOAL_FORK_SERVER", "auto")
+            if (want == "1" or (want == "auto" and max_tasks_per_worker)) and \
+                    hasattr(os, "pidfd_open"):
+                try:
+                    self.server = self._fork_server(max_tasks_per_worker or 0)
+                except OSError:
+                    self.server = None
+            # Each worker is announced at once, so the first can be ready
+            # while the next is forked.
             try:
                 for s in self.slots:
                     s.pid = self._fork_worker(s.index, max_tasks_per_worker or 0)
                     self._announce(s)
             except BaseException:
                 # Not yet under a supervisor: end and reap the ones forked.
-                for s in self.slots:
-                    if s.pid:
-                        try:
-                            os.kill(s.pid, _signal.SIGKILL)
-                            os.waitpid(s.pid, 0)
-                        except OSError:
-                            pass
+                helpers = [self.server.pid] if self.server is not None else []
+                for pid in [s.pid for s in self.slots if s.pid] + helpers:
+                    try:
+                        os.kill(pid, _signal.SIGKILL)
+                        os.waitpid(pid, 0)
+                    except OSError:
+                        pass
+                if self.server is not None:
+                    self.server.close(quit=False)
                 raise
         self.sup = _core.WorkerSupervisor(self.chan)
         self.limit = self.chan.max_payload // 2
@@ -374,6 +502,8 @@ class _Engine:
                     self._start_worker(s)
                 else:
                     self.sup.adopt(s.index, s.pid)
+            if self.server is not None:
+                self.sup.adopt(-1, self.server.pid)  # slot -1: see _fork_server_died
         except BaseException:
             self.close(0)
             raise
@@ -406,6 +536,8 @@ class _Engine:
         if pid == 0:  # the child never returns from here
             code = 70
             try:
+                if self.server is not None:
+                    self.server.close(quit=False)  # this process's copies of its pipes
                 code = _worker.run_forked(slot, driver, fd, max_tasks, caps, old_mask)
             except BaseException:  # noqa: BLE001 - report, then leave without cleanup
                 import traceback
@@ -415,6 +547,102 @@ class _Engine:
                 os._exit(code)
         _signal.pthread_sigmask(_signal.SIG_SETMASK, old_mask)
         return pid
+
+    def _fork_server(self, max_tasks: int) -> _ForkServer:
+        """Forks the pool's fork server (the driver runs no other thread)."""
+        from . import _worker
+
+        req_r, req_w = os.pipe()
+        rep_r, rep_w = os.pipe()
+        fd, driver, caps = self.chan.fd, os.getpid(), self.caps
+        old_mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGINT})
+        try:
+            pid = os.fork()
+        except BaseException:
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, old_mask)
+            for x in (req_r, req_w, rep_r, rep_w):
+                os.close(x)
+            raise
+        if pid == 0:  # the server never returns from here
+            code = 70
+            try:
+                os.close(req_w)
+                os.close(rep_r)
+                code = _worker.run_fork_server(driver, req_r, rep_w, fd, max_tasks, caps,
+                                               old_mask)
+            except BaseException:  # noqa: BLE001
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, old_mask)
+        os.close(req_r)
+        os.close(rep_w)
+        os.set_blocking(rep_r, False)
+        return _ForkServer(pid, req_w, rep_r)
+
+    def _fork_server_died(self) -> None:
+        """Its workers die with it (their parent-death signal): make sure of
+        it, wait until they are gone, and record them as killed, for the next
+        pass. Later replacements are fresh interpreters. Lock held."""
+        server, self.server = self.server, None
+        if server is not None:
+            self.sup.signal(server.pid, _signal.SIGKILL)  # if it still lives, stuck
+            server.close(quit=False)
+        self.pending_exits.extend(self._reap_remote(0.0))
+        self.chan.ring_doorbell()
+
+    def _reap_remote(self, grace: float) -> list[tuple[int, int, int, int]]:
+        """Waits up to grace seconds for the fork server's workers to exit,
+        SIGKILLs the rest and waits for them; returns their exits as the
+        supervisor would, (slot, pid, code, signal): killed by SIGKILL unless
+        their server reported better first. Lock held."""
+        import select
+
+        if not self.remote:
+            return []
+        deadline = time.monotonic() + grace
+        poller = select.poll()
+        for pfd in self.remote.values():
+            poller.register(pfd, select.POLLIN)
+        pending = set(self.remote.values())
+        killed = False
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0 and not killed:
+                for pfd in pending:
+                    try:
+                        _signal.pidfd_send_signal(pfd, _signal.SIGKILL)
+                    except OSError:
+                        pass
+                killed = True
+                deadline = time.monotonic() + 10.0
+                continue
+            if left <= 0:
+                break  # unkillable (uninterruptible sleep): give up waiting
+            for fd, _ in poller.poll(max(1, int(left * 1000))):
+                pending.discard(fd)
+                poller.unregister(fd)
+        by_pid = {s.pid: s.index for s in self.slots}
+        exits = []
+        for pid, pfd in self.remote.items():
+            os.close(pfd)
+            if pid in by_pid:
+                exits.append((by_pid[pid], pid, 0, _signal.SIGKILL))
+        self.remote.clear()
+        return exits
+
+    def _kill(self, pid: int) -> None:
+        """SIGKILL to a worker (through its pidfd: no pid-reuse race)."""
+        pfd = self.remote.get(pid)
+        if pfd is None:
+            self.sup.signal(pid, _signal.SIGKILL)
+            return
+        try:
+            _signal.pidfd_send_signal(pfd, _signal.SIGKILL)
+        except OSError:
+            pass
 
     def _worker_env(self) -> list[str]:
         env = dict(os.environ)
@@ -436,6 +664,18 @@ class _Engine:
         s.pace = 0.0
         s.busy = False
         s.pid = 0
+        if self.server is not None:
+            try:
+                pid, pfd = self.server.fork(s.index)
+            except _ServerGone:
+                self._fork_server_died()
+            except OSError:
+                pass  # it could not fork this time (EAGAIN...): spawn this one
+            else:
+                self.remote[pid] = pfd
+                s.pid = pid
+                self._announce(s)
+                return
         if self._env is None:
             self._env = self._worker_env()
         s.pid = self.sup.spawn(s.index, self.argv_base + ["--slot", str(s.index)], self._env,
@@ -1170,8 +1410,23 @@ class _Engine:
                                 short_fns.add(task.fn_id)
                             else:
                                 short_fns.discard(task.fn_id)
+            if self.server is not None or self.pending_exits:
+                exits = list(exits)
+                if self.server is not None:
+                    by_pid = {s.pid: s.index for s in self.slots}
+                    for pid, code in self.server.take_exits():
+                        pfd = self.remote.pop(pid, None)
+                        if pfd is not None:
+                            os.close(pfd)
+                        if pid in by_pid:
+                            exits.append((by_pid[pid], pid, max(code, 0), max(-code, 0)))
+                    if any(slot < 0 for slot, _, _, _ in exits):
+                        self._fork_server_died()  # its workers' exits: pending_exits
+                exits += self.pending_exits
+                self.pending_exits = []
             for slot, pid, code, sig in exits:
-                self._on_death(slot, pid, code, sig, done)
+                if slot >= 0:
+                    self._on_death(slot, pid, code, sig, done)
             if self.timed:
                 self._check_time_limits()
             if self.backlog:
@@ -1377,7 +1632,7 @@ class _Engine:
             current, started = self.chan.slot_state(task.slot)
             if current == tid and now - started > task.timeout_ns:
                 task.kill_reason = "timeout"
-                self.sup.signal(self.slots[task.slot].pid, _signal.SIGKILL)
+                self._kill(self.slots[task.slot].pid)
 
     def forget(self, fut: Future) -> None:
         """A backlogged task's Future was cancelled: nothing will run it (the
@@ -1412,7 +1667,7 @@ class _Engine:
                     done = [(task, -1, 0, CancelledError(f"task {task.id} cancelled"))]
                 else:
                     task.kill_reason = "cancel"
-                    self.sup.signal(self.slots[task.slot].pid, _signal.SIGKILL)
+                    self._kill(self.slots[task.slot].pid)
                     done = []
         if done:
             self._finish(done)
@@ -1478,6 +1733,11 @@ class _Engine:
             self.stopped = True
             self.closing = True
         self.chan.shutdown()
+        with self.lock:
+            self._reap_remote(grace)
+            if self.server is not None:
+                self.server.close()  # it leaves; the supervisor reaps it
+                self.server = None
         self.sup.stop(grace)
         self.chan.ring_doorbell()
         with self.cv:
@@ -1520,6 +1780,17 @@ def _disown_in_child() -> None:
         engine.stopped = True
         engine.closing = True
         engine.thread = None  # the parent's collector (its target would keep a cycle)
+        # The fork server and its workers' pidfds are the parent's to use:
+        # close this process's copies, without a word to the server.
+        server, engine.server = engine.server, None
+        if server is not None:
+            server.close(quit=False)
+        for pfd in engine.remote.values():
+            try:
+                os.close(pfd)
+            except OSError:
+                pass
+        engine.remote = {}
         engine.disowned = True
         engine.broken = RuntimeError(f"it belongs to process {engine.owner_pid}, and this "
                                      f"process ({os.getpid()}) was forked from it")
@@ -1672,3 +1943,9 @@ class ProcessBackend(Backend):
     def pids(self) -> list[int]:
         """The live workers' process ids (for tests and monitoring)."""
         return self._engine.worker_pids()
+
+    @property
+    def helper_pids(self) -> list[int]:
+        """Its other processes: the fork server, if it has one."""
+        server = self._engine.server
+        return [server.pid] if server is not None else []

@@ -286,27 +286,35 @@ def _cap_native_threads() -> None:
         pass
 
 
-def run_forked(slot: int, driver: int, fd: int, max_tasks: int, env: dict,
-               sigmask: set = frozenset()) -> int:
-    """Worker body in a child forked from a single-threaded driver (no exec)."""
+def _leave_driver_state(sigmask: set, own_group: bool = True) -> None:
+    """First steps of a process forked from the driver (a worker, the fork
+    server): none of the driver's objects is ever collected here (a collected
+    SharedSegment copy would unlink the driver's segment), the driver's fault
+    handler is off, Ctrl-C in a terminal reaches only the driver."""
     import gc
 
-    # Objects copied from the driver are never collected here: a collected
-    # SharedSegment copy would unlink the driver's segment.
     gc.freeze()
     try:
         import faulthandler
 
-        faulthandler.disable()  # the driver's (e.g. pytest's): not this worker's business
+        faulthandler.disable()  # the driver's (e.g. pytest's): not this process's business
     except Exception:  # noqa: BLE001
         pass
-    os.setpgid(0, 0)  # like spawned workers: Ctrl-C in a terminal reaches only the driver
+    if own_group:
+        os.setpgid(0, 0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)  # the driver blocked SIGINT to fork
+
+
+def run_forked(slot: int, driver: int, fd: int, max_tasks: int, env: dict,
+               sigmask: set = frozenset(), parent: int = 0) -> int:
+    """Worker body in a child forked from a single-threaded driver, or from
+    the pool's fork server (parent: its pid), without exec."""
+    _leave_driver_state(sigmask, own_group=not parent)  # the server has its own group
     os.environ.update(env)
     from . import _core
 
-    _core.guard_worker(driver)
+    _core.guard_worker(driver, parent)
     # BLAS inherited from the driver is capped now, while the driver is still
     # busy forking; after the announce only an initializer can add more.
     global _capped_at_fork
@@ -314,6 +322,120 @@ def run_forked(slot: int, driver: int, fd: int, max_tasks: int, env: dict,
     _capped_at_fork = True
     Worker(slot, driver, fd).serve(max_tasks)
     return 0
+
+
+# ---- the pool's fork server ----
+#
+# Forked from the driver with the pool's first workers, while the driver runs
+# no other thread. It forks the replacement workers (after a death, a time
+# limit, max_tasks_per_worker), so that they start in about a millisecond
+# instead of an interpreter start, and without forking the driver, which by
+# then runs the pool's threads. Two pipes, records of three signed 64-bit
+# integers (24 bytes: a pipe write that small is atomic):
+#   driver -> server  (FORK, slot, 0)       fork a worker for slot
+#                     (ADOPTED, pid, 0)     the driver has its pidfd now
+#                     (QUIT, 0, 0)          leave (the pool is closing)
+#   server -> driver  (FORKED, pid, 0)
+#                     (FAILED, errno, 0)
+#                     (EXITED, pid, exit code or -signal)   after reaping it
+# A worker is reaped only once the driver has said ADOPTED: until then its pid
+# cannot be reused, so the driver's pidfd_open names the right process. Every
+# EXITED also rings the pool's doorbell, so that a driver asleep in a wait
+# notices the death at once. The server dies with the driver (guard_worker),
+# and its workers with it (their parent-death signal).
+ZY_FORK, ZY_ADOPTED, ZY_QUIT, ZY_FORKED, ZY_FAILED, ZY_EXITED = 1, 2, 3, 4, 5, 6
+ZY_RECORD = 24
+
+
+def run_fork_server(driver: int, req_fd: int, rep_fd: int, chan_fd: int, max_tasks: int,
+                    env: dict, sigmask: set = frozenset()) -> int:
+    from . import _core
+
+    # Nothing else until the first request: the pool is starting on every
+    # core now. SIGINT stays blocked (the driver blocked it to fork) until
+    # _leave_driver_state ignores it.
+    _core.guard_worker(driver)
+    first = os.read(req_fd, 64 * ZY_RECORD)
+    if len(first) < 8 or int.from_bytes(first[:8], "little", signed=True) != ZY_FORK:
+        return 0  # the driver has gone, or the pool closes before it needed us
+    import select
+    import struct
+
+    _leave_driver_state(sigmask)
+    try:  # what a worker needs for a function from __main__: imported once, here
+        import cloudpickle  # noqa: F401
+    except ImportError:
+        pass
+    chan = _core.PoolChannel.attach_fd(os.dup(chan_fd))  # (it closes the one it gets)
+    me = os.getpid()
+    kids: dict[int, int] = {}   # pidfd -> pid, workers alive or not reaped yet
+    adopted: set[int] = set()   # pids the driver has a pidfd of
+    dead: set[int] = set()      # pids that ended before the driver adopted them
+    poller = select.poll()
+    poller.register(req_fd, select.POLLIN)
+    pending = first
+
+    def send(op: int, a: int, b: int = 0) -> None:
+        os.write(rep_fd, struct.pack("qqq", op, a, b))
+
+    def reap(pid: int) -> None:
+        _, status = os.waitpid(pid, 0)
+        adopted.discard(pid)
+        send(ZY_EXITED, pid, os.waitstatus_to_exitcode(status))
+        chan.ring_doorbell()
+
+    try:
+        while True:
+            while len(pending) >= ZY_RECORD:
+                op, a, _b = struct.unpack_from("qqq", pending)
+                pending = pending[ZY_RECORD:]
+                if op == ZY_ADOPTED:
+                    adopted.add(a)
+                    if a in dead:
+                        dead.discard(a)
+                        reap(a)
+                    continue
+                if op != ZY_FORK:
+                    return 0  # QUIT
+                try:
+                    pid = os.fork()
+                except OSError as exc:
+                    send(ZY_FAILED, exc.errno or 0)
+                    continue
+                if pid == 0:  # the new worker: never returns from here
+                    code = 70
+                    try:
+                        os.close(req_fd)
+                        os.close(rep_fd)
+                        for kfd in kids:
+                            os.close(kfd)
+                        code = run_forked(a, driver, chan_fd, max_tasks, env, sigmask, me)
+                    except BaseException:  # noqa: BLE001
+                        import traceback
+
+                        traceback.print_exc()
+                    finally:
+                        os._exit(code)
+                pidfd = os.pidfd_open(pid)
+                kids[pidfd] = pid
+                poller.register(pidfd, select.POLLIN)
+                send(ZY_FORKED, pid)
+            for fd, _ in poller.poll():
+                if fd == req_fd:
+                    data = os.read(req_fd, 64 * ZY_RECORD)
+                    if not data:
+                        return 0  # the driver has gone
+                    pending += data
+                    continue
+                pid = kids.pop(fd)
+                poller.unregister(fd)
+                os.close(fd)
+                if pid in adopted:
+                    reap(pid)
+                else:
+                    dead.add(pid)
+    except BrokenPipeError:
+        return 0
 
 
 def main(argv: list[str]) -> int:

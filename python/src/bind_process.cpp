@@ -238,7 +238,7 @@ static void bind(nb::module_& m) {
           },
           nb::arg("grace") = 0.0);
 
-  m.def("guard_worker", &shoal::guard_worker, nb::arg("driver_pid"));
+  m.def("guard_worker", &shoal::guard_worker, nb::arg("driver_pid"), nb::arg("parent_pid") = 0);
   m.def("sweep_segments_of", &shoal::sweep_segments_of, nb::arg("pid"));
   m.def("monotonic_ns", &shoal::detail::monotonic_ns);
 }

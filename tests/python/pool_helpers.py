@@ -17,6 +17,10 @@ def add(a, b):
     return a + b
 
 
+def pid_and_parent(_=None):
+    return os.getpid(), os.getppid()
+
+
 def pid_of_worker(_=None):
     return os.getpid()
 

@@ -26,6 +26,7 @@ from pool_helpers import (
     getenv,
     initializer_fails,
     pid_after,
+    pid_and_parent,
     pid_of_worker,
     raise_value_error,
     return_unpicklable,
@@ -209,18 +210,23 @@ DRIVER = textwrap.dedent("""
     import os, sys, time, gc
     sys.path.insert(0, {here!r})
     import shoal
-    from pool_helpers import sleep_return
+    from pool_helpers import exit_hard, sleep_return
     mode = {mode!r}
     if {numpy!r}:  # a numpy driver: OpenBLAS threads up, workers forked all the same
         import numpy as np
         a = np.ones((256, 256))
         a @ a
-    pool = shoal.Pool(2)
+    # (workers recycled after 1000 tasks: the pool has a fork server)
+    pool = shoal.Pool(2, max_tasks_per_worker=1000)
     pool.map(abs, range(10))
+    try:  # one worker dies: its replacement comes from the fork server
+        pool.apply(exit_hard, (3,))
+    except shoal.WorkerLost:
+        pass
     big = b"x" * (4 << 20)   # travels through a shared-memory segment
     results = [pool.apply_async(sleep_return, (60, big)) for _ in range(2)]
     time.sleep(0.5)
-    print("PIDS", os.getpid(), *pool.backend.pids, flush=True)
+    print("PIDS", os.getpid(), *pool.backend.pids, *pool.backend.helper_pids, flush=True)
     if mode == "sigint":
         results[0].get()          # Ctrl-C arrives while we wait
     elif mode == "terminate":
@@ -247,8 +253,9 @@ def _start_driver(mode, tmp_path, numpy=False):
     line = proc.stdout.readline()
     assert line.startswith("PIDS"), line + proc.stderr.read()
     pids = [int(x) for x in line.split()[1:]]
+    # the workers, and the fork server where the driver could fork one
     driver, workers = pids[0], pids[1:]
-    assert len(workers) == 2
+    assert len(workers) in (2, 3)
     assert shm_segments_of([driver]), "the test needs a segment in flight"
     return proc, driver, workers
 
@@ -631,3 +638,108 @@ def test_forks_after_threads_backend_pools_and_native_loops(tmp_path):
                          timeout=180, env={k: v for k, v in os.environ.items()
                                            if k != "SHOAL_START"})
     assert out.returncode == 0 and "OK" in out.stdout, out.stdout + out.stderr
+
+
+FORK_SERVER_DRIVER = textwrap.dedent("""
+    import os, signal, sys, time
+    sys.path.insert(0, {here!r})
+    import pytest
+    import shoal
+    from shoal._backend_processes import _can_fork
+    from pool_helpers import (exit_hard, pid_and_parent, segfault, sleep_return, square,
+                              wait_gone)
+
+    def parent_of(pid):
+        with open(f"/proc/{{pid}}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+
+    def spawned(pid):
+        deadline = time.monotonic() + 20
+        cmd = b""
+        while not cmd and time.monotonic() < deadline:
+            with open(f"/proc/{{pid}}/cmdline", "rb") as f:
+                cmd = f.read()
+            if not cmd:
+                time.sleep(0.01)  # still inside execve
+        return b"shoal._worker" in cmd
+
+    assert _can_fork()  # a fresh driver: it runs no other thread
+    {body}
+    print("OK")
+""")
+
+
+def _run_fork_server_driver(tmp_path, body):
+    script = tmp_path / "fork_server_driver.py"
+    script.write_text(FORK_SERVER_DRIVER.format(here=HERE, body=textwrap.dedent(body)))
+    env = {k: v for k, v in os.environ.items() if k not in ("SHOAL_START", "SHOAL_FORK_SERVER")}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stdout + out.stderr
+
+
+def test_replacement_workers_come_from_the_fork_server(tmp_path):
+    """Recycled (max_tasks_per_worker) and dead workers are replaced by
+    children of the pool's fork server, forked, not fresh interpreters; their
+    exits reach the driver with the right code or signal, time limits kill
+    them, and nothing is left once the pool closes."""
+    _run_fork_server_driver(tmp_path, """
+        with shoal.Pool(2, max_tasks_per_worker=1) as pool:
+            server = pool.backend.helper_pids
+            assert len(server) == 1 and parent_of(server[0]) == os.getpid()
+            got = pool.map(pid_and_parent, range(40), chunksize=1)
+            pids = [pid for pid, _ in got]
+            assert len(set(pids)) == 40  # one task per worker
+            parents = [parent for _, parent in got]
+            # the first two, forked at the start, are the driver's children
+            assert parents.count(os.getpid()) == 2 and parents.count(server[0]) == 38, parents
+        assert wait_gone(server + pids) == []
+        with shoal.Pool(2, max_tasks_per_worker=10_000) as pool:
+            first = set(pool.backend.pids)
+            with pytest.raises(shoal.WorkerLost) as info:
+                pool.apply(exit_hard, (7,))
+            assert info.value.exitcode == 7 and "exited with code 7" in str(info.value)
+            with pytest.raises(shoal.WorkerLost) as info:
+                pool.apply(segfault)
+            assert info.value.signal == signal.SIGSEGV and "SIGSEGV" in str(info.value)
+            victim = pool.apply_async(sleep_return, (60,), timeout=0.5)
+            with pytest.raises(shoal.TaskTimeout):
+                victim.get(timeout=30)
+            server = pool.backend.helper_pids
+            for pid in set(pool.backend.pids) - first:
+                assert parent_of(pid) == server[0] and not spawned(pid)
+            assert pool.map(square, range(100)) == [i * i for i in range(100)]
+            pids = pool.backend.pids
+        assert wait_gone(server + pids) == []
+    """)
+
+
+def test_a_killed_fork_server_leaves_a_working_pool(tmp_path):
+    """SIGKILL to the fork server (the OOM killer's pick, say): its workers go
+    with it; their tasks are retried (retries=1) on replacements, which are
+    fresh interpreters now; nothing is left once the pool closes."""
+    _run_fork_server_driver(tmp_path, """
+        with shoal.Pool(2) as pool:
+            assert pool.backend.helper_pids == []  # a pool that never recycles: none
+        with shoal.Pool(2, retries=1, max_tasks_per_worker=10_000) as pool:
+            first = pool.backend.pids
+            for pid in first:  # both workers replaced by the server's children
+                os.kill(pid, signal.SIGKILL)
+            assert wait_gone(first) == []
+            deadline = time.monotonic() + 30
+            while set(pool.backend.pids) & set(first) and time.monotonic() < deadline:
+                pool.map(square, range(10))
+            server = pool.backend.helper_pids
+            forked = pool.backend.pids
+            assert all(parent_of(p) == server[0] for p in forked), (server, forked)
+            running = [pool.apply_async(sleep_return, (1.0, i)) for i in range(6)]
+            time.sleep(0.3)
+            os.kill(server[0], signal.SIGKILL)
+            assert [r.get(timeout=60) for r in running] == list(range(6))
+            assert wait_gone(server + forked) == []
+            assert pool.backend.helper_pids == []
+            assert all(spawned(p) for p in pool.backend.pids)
+            assert pool.map(square, range(100)) == [i * i for i in range(100)]
+            pids = pool.backend.pids
+        assert wait_gone(pids) == []
+    """)

@@ -139,7 +139,7 @@ _WITH_POOL = """
         import os, shoal
         import conformance_helpers as h
         with shoal.Pool(2) as pool:
-            print("PIDS", os.getpid(), *pool.backend.pids, flush=True)
+            print("PIDS", os.getpid(), *pool.backend.pids, *pool.backend.helper_pids, flush=True)
             pool.map(h.sleep_return, [60] * 8, chunksize=1)
             print("MAP RETURNED", flush=True)
     """
@@ -148,7 +148,7 @@ SIGINT_DRIVERS = {
         import os, shoal
         import conformance_helpers as h
         pool = shoal.Pool(2)
-        print("PIDS", os.getpid(), *pool.backend.pids, flush=True)
+        print("PIDS", os.getpid(), *pool.backend.pids, *pool.backend.helper_pids, flush=True)
         pool.map(h.sleep_return, [60] * 8, chunksize=1)
         print("MAP RETURNED", flush=True)
     """,
@@ -164,7 +164,7 @@ SIGINT_DRIVERS = {
         import os, shoal
         import conformance_helpers as h
         with shoal.Executor(2) as ex:
-            print("PIDS", os.getpid(), *ex.backend.pids, flush=True)
+            print("PIDS", os.getpid(), *ex.backend.pids, *ex.backend.helper_pids, flush=True)
             list(ex.map(h.sleep_return, [60] * 8, chunksize=1))
             print("MAP RETURNED", flush=True)
     """,
@@ -365,14 +365,14 @@ DROP_DRIVER = """
     mode = {mode!r}
     if mode == "imap":
         pool = shoal.Pool(2)
-        pids = pool.backend.pids
+        pids = pool.backend.pids + pool.backend.helper_pids
         it = pool.imap(h.square, range(200_000), chunksize=1)
         got = [next(it) for _ in range(2000)]
         assert got == [i * i for i in range(2000)]
         del pool, it
     elif mode == "submit":
         ex = shoal.Executor(2)
-        pids = ex.backend.pids
+        pids = ex.backend.pids + ex.backend.helper_pids
         futs = [ex.submit(h.square, i) for i in range(5000)]
         futs[100].result(timeout=60)
         del ex
