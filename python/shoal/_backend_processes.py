@@ -675,6 +675,8 @@ class _Engine:
                 self.remote[pid] = pfd
                 s.pid = pid
                 self._announce(s)
+                if self.server.exits:  # deaths read while waiting: the next pass takes them
+                    self.chan.ring_doorbell()
                 return
         if self._env is None:
             self._env = self._worker_env()
