@@ -445,8 +445,35 @@ def goal7(q: bool, r: int):
             f"2D integration of sin(x+y), n = {n}, {blocks} row blocks")
 
 
+def goal_r(q: bool, r: int):
+    # Not one of the issue's goals: workers recycled after every task, the
+    # case where a pool starts most of its workers while it runs. shoal forks
+    # them from its fork server; multiprocessing forks its driver.
+    n = 20 if q else 100
+
+    def recycled(make):
+        def body(_):
+            pool = make()
+            try:
+                assert pool.map(f, range(n), chunksize=1) == list(range(n))
+            finally:
+                close(pool)
+        return body
+
+    import shoal
+
+    rows = measure_interleaved([
+        ("shoal.Pool(max_tasks_per_worker=1)", None,
+         recycled(lambda: shoal.Pool(WORKERS, max_tasks_per_worker=1)), None),
+        ("multiprocessing.Pool(maxtasksperchild=1)", None,
+         recycled(lambda: mp.get_context("fork").Pool(WORKERS, maxtasksperchild=1)), None)],
+        max(r, 3))
+    return (rows, "shoal.Pool(max_tasks_per_worker=1)", "multiprocessing.Pool(maxtasksperchild=1)",
+            1.0, f"extra, not an issue goal: {n} tasks, a fresh worker for each (pool start included)")
+
+
 GOALS = {"1": goal1, "2": goal2, "3": goal3, "4": goal4, "5a": goal5a, "5b": goal5b,
-         "6": goal6, "7": goal7}
+         "6": goal6, "7": goal7, "r": goal_r}
 
 
 def evaluate(key: str, result: tuple) -> dict:
