@@ -445,10 +445,7 @@ def goal7(q: bool, r: int):
             f"2D integration of sin(x+y), n = {n}, {blocks} row blocks")
 
 
-def goal_r(q: bool, r: int):
-    # Not one of the issue's goals: workers recycled after every task, the
-    # case where a pool starts most of its workers while it runs. shoal forks
-    # them from its fork server; multiprocessing forks its driver.
+def _goal_r_rows(q: bool, r: int) -> list:
     n = 20 if q else 100
 
     def recycled(make):
@@ -462,14 +459,31 @@ def goal_r(q: bool, r: int):
 
     import shoal
 
-    rows = measure_interleaved([
+    return measure_interleaved([
         ("shoal.Pool(max_tasks_per_worker=1)", None,
          recycled(lambda: shoal.Pool(WORKERS, max_tasks_per_worker=1)), None),
         ("multiprocessing.Pool(maxtasksperchild=1)", None,
          recycled(lambda: mp.get_context("fork").Pool(WORKERS, maxtasksperchild=1)), None)],
         max(r, 3))
+
+
+def goal_r(q: bool, r: int):
+    # Not one of the issue's goals: workers recycled after every task, the
+    # case where a pool starts most of its workers while it runs. shoal forks
+    # them from its fork server, which it has only where it could fork the
+    # driver at the start (no other thread): measured, like goal 6, in a
+    # fresh driver (this one runs loky's threads by now). multiprocessing
+    # forks its driver, threads or not.
+    import subprocess
+
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--goal-r-child",
+                          str(r), "1" if q else "0"], capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f"goal r driver failed: {out.stderr[-2000:]}")
+    rows = json.loads(out.stdout.strip().splitlines()[-1])
+    n = 20 if q else 100
     return (rows, "shoal.Pool(max_tasks_per_worker=1)", "multiprocessing.Pool(maxtasksperchild=1)",
-            1.0, f"extra, not an issue goal: {n} tasks, a fresh worker for each (pool start included)")
+            1.0, f"extra, not an issue goal: {n} tasks, a fresh worker each (fresh driver)")
 
 
 GOALS = {"1": goal1, "2": goal2, "3": goal3, "4": goal4, "5a": goal5a, "5b": goal5b,
@@ -504,6 +518,9 @@ def print_goal(g: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["--goal-r-child"]:
+        print(json.dumps(_goal_r_rows(args_in[2] == "1", int(args_in[1]))))
+        return 0
     if args_in[:1] == ["--goal6-child"]:
         a = np.ones((256, 256))
         a @ a  # OpenBLAS's threads are up, as in a script that used numpy
