@@ -520,25 +520,23 @@ class _Engine:
             "SHOAL_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
             "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMBA_NUM_THREADS")}
 
-    def _fork_worker(self, slot: int, max_tasks: int) -> int:
-        # Imported here, once, rather than by every child after the fork.
-        from . import _openblas, _worker  # noqa: F401
-
-        fd, driver, caps = self.chan.fd, os.getpid(), self.caps
-        # SIGINT stays blocked across fork until the child ignores it and has
-        # left the terminal's process group: a Ctrl-C now must not kill it.
+    def _fork_child(self, body: Callable[[set], int]) -> int:
+        """Forks a child that runs body(signal mask to restore) and exits with
+        its code, never returning here. SIGINT stays blocked across the fork
+        until the child ignores it and has left the terminal's process group:
+        a Ctrl-C now must not kill it."""
         old_mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGINT})
         try:
             pid = os.fork()
         except BaseException:
             _signal.pthread_sigmask(_signal.SIG_SETMASK, old_mask)
             raise
-        if pid == 0:  # the child never returns from here
+        if pid == 0:
             code = 70
             try:
                 if self.server is not None:
                     self.server.close(quit=False)  # this process's copies of its pipes
-                code = _worker.run_forked(slot, driver, fd, max_tasks, caps, old_mask)
+                code = body(old_mask)
             except BaseException:  # noqa: BLE001 - report, then leave without cleanup
                 import traceback
 
@@ -548,6 +546,14 @@ class _Engine:
         _signal.pthread_sigmask(_signal.SIG_SETMASK, old_mask)
         return pid
 
+    def _fork_worker(self, slot: int, max_tasks: int) -> int:
+        # Imported here, once, rather than by every child after the fork.
+        from . import _openblas, _worker  # noqa: F401
+
+        fd, driver, caps = self.chan.fd, os.getpid(), self.caps
+        return self._fork_child(
+            lambda mask: _worker.run_forked(slot, driver, fd, max_tasks, caps, mask))
+
     def _fork_server(self, max_tasks: int) -> _ForkServer:
         """Forks the pool's fork server (the driver runs no other thread)."""
         from . import _worker
@@ -555,28 +561,18 @@ class _Engine:
         req_r, req_w = os.pipe()
         rep_r, rep_w = os.pipe()
         fd, driver, caps = self.chan.fd, os.getpid(), self.caps
-        old_mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGINT})
+
+        def serve(mask: set) -> int:
+            os.close(req_w)
+            os.close(rep_r)
+            return _worker.run_fork_server(driver, req_r, rep_w, fd, max_tasks, caps, mask)
+
         try:
-            pid = os.fork()
+            pid = self._fork_child(serve)
         except BaseException:
-            _signal.pthread_sigmask(_signal.SIG_SETMASK, old_mask)
             for x in (req_r, req_w, rep_r, rep_w):
                 os.close(x)
             raise
-        if pid == 0:  # the server never returns from here
-            code = 70
-            try:
-                os.close(req_w)
-                os.close(rep_r)
-                code = _worker.run_fork_server(driver, req_r, rep_w, fd, max_tasks, caps,
-                                               old_mask)
-            except BaseException:  # noqa: BLE001
-                import traceback
-
-                traceback.print_exc()
-            finally:
-                os._exit(code)
-        _signal.pthread_sigmask(_signal.SIG_SETMASK, old_mask)
         os.close(req_r)
         os.close(rep_w)
         os.set_blocking(rep_r, False)

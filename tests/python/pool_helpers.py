@@ -137,3 +137,16 @@ def pid_after(seconds_by_item, x):
     """Sleeps seconds_by_item.get(x, default) and returns (x, this worker's pid)."""
     time.sleep(seconds_by_item.get(x, seconds_by_item.get("default", 0.0)))
     return x, os.getpid()
+
+
+def cmdline_of(pid, timeout=20.0):
+    """/proc/<pid>/cmdline, waiting while it is empty: right after posix_spawn
+    returns, the child may still be inside execve."""
+    deadline = time.monotonic() + timeout
+    cmd = b""
+    while not cmd and time.monotonic() < deadline:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read()
+        if not cmd:
+            time.sleep(0.01)
+    return cmd

@@ -19,6 +19,7 @@ import pytest
 import shoal
 from pool_helpers import (
     add,
+    cmdline_of,
     announce_and_sleep,
     crash_once,
     exit_hard,
@@ -342,16 +343,7 @@ def test_both_start_methods_run_tasks_and_survive_deaths(start, monkeypatch):
     forked = start == "auto" and _can_fork()
     with shoal.Pool(2) as pool:
         for pid in _pids(pool):
-            # Right after posix_spawn returns, the child may still be inside
-            # execve with an empty /proc cmdline: wait for it to be filled in.
-            deadline = time.monotonic() + 20
-            cmdline = b""
-            while not cmdline and time.monotonic() < deadline:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    cmdline = f.read()
-                if not cmdline:
-                    time.sleep(0.01)
-            assert (b"shoal._worker" in cmdline) != forked
+            assert (b"shoal._worker" in cmdline_of(pid)) != forked
         assert pool.map(square, range(100), chunksize=1) == [i * i for i in range(100)]
         with pytest.raises(shoal.WorkerLost):
             pool.apply(exit_hard, (4,))
@@ -646,22 +638,15 @@ FORK_SERVER_DRIVER = textwrap.dedent("""
     import pytest
     import shoal
     from shoal._backend_processes import _can_fork
-    from pool_helpers import (exit_hard, pid_and_parent, segfault, sleep_return, square,
-                              wait_gone)
+    from pool_helpers import (cmdline_of, exit_hard, pid_and_parent, segfault, sleep_return,
+                              square, wait_gone)
 
     def parent_of(pid):
         with open(f"/proc/{{pid}}/stat") as f:
             return int(f.read().rsplit(")", 1)[1].split()[1])
 
     def spawned(pid):
-        deadline = time.monotonic() + 20
-        cmd = b""
-        while not cmd and time.monotonic() < deadline:
-            with open(f"/proc/{{pid}}/cmdline", "rb") as f:
-                cmd = f.read()
-            if not cmd:
-                time.sleep(0.01)  # still inside execve
-        return b"shoal._worker" in cmd
+        return b"shoal._worker" in cmdline_of(pid)
 
     assert _can_fork()  # a fresh driver: it runs no other thread
     {body}
