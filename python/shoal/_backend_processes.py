@@ -497,13 +497,13 @@ class _Engine:
         if max_tasks_per_worker:
             self.argv_base += ["--max-tasks", str(int(max_tasks_per_worker))]
         try:
+            if self.server is not None:  # first: close() reaps what the supervisor has
+                self.sup.adopt(-1, self.server.pid)  # slot -1: see _fork_server_died
             for s in self.slots:
                 if s.pid == 0:
                     self._start_worker(s)
                 else:
                     self.sup.adopt(s.index, s.pid)
-            if self.server is not None:
-                self.sup.adopt(-1, self.server.pid)  # slot -1: see _fork_server_died
         except BaseException:
             self.close(0)
             raise
