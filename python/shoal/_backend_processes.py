@@ -297,6 +297,14 @@ def _read_indirect(name: bytes) -> bytes:
     return bytes(v[8: 8 + n])
 
 
+def _pidfd_kill(pidfd: int) -> None:
+    """SIGKILL through a pidfd; nothing if the process has already gone."""
+    try:
+        _signal.pidfd_send_signal(pidfd, _signal.SIGKILL)
+    except OSError:
+        pass
+
+
 class _ServerGone(OSError):
     """The fork server died, closed its end or stopped answering."""
 
@@ -532,17 +540,14 @@ class _Engine:
             _signal.pthread_sigmask(_signal.SIG_SETMASK, old_mask)
             raise
         if pid == 0:
-            code = 70
-            try:
+            from ._worker import exit_with
+
+            def child() -> int:
                 if self.server is not None:
                     self.server.close(quit=False)  # this process's copies of its pipes
-                code = body(old_mask)
-            except BaseException:  # noqa: BLE001 - report, then leave without cleanup
-                import traceback
+                return body(old_mask)
 
-                traceback.print_exc()
-            finally:
-                os._exit(code)
+            exit_with(child)
         _signal.pthread_sigmask(_signal.SIG_SETMASK, old_mask)
         return pid
 
@@ -592,8 +597,8 @@ class _Engine:
     def _reap_remote(self, grace: float) -> list[tuple[int, int, int, int]]:
         """Waits up to grace seconds for the fork server's workers to exit,
         SIGKILLs the rest and waits for them; returns their exits as the
-        supervisor would, (slot, pid, code, signal): killed by SIGKILL unless
-        their server reported better first. Lock held."""
+        supervisor would (see _remote_exited), each as killed by SIGKILL.
+        Lock held."""
         import select
 
         if not self.remote:
@@ -608,10 +613,7 @@ class _Engine:
             left = deadline - time.monotonic()
             if left <= 0 and not killed:
                 for pfd in pending:
-                    try:
-                        _signal.pidfd_send_signal(pfd, _signal.SIGKILL)
-                    except OSError:
-                        pass
+                    _pidfd_kill(pfd)
                 killed = True
                 deadline = time.monotonic() + 10.0
                 continue
@@ -620,25 +622,28 @@ class _Engine:
             for fd, _ in poller.poll(max(1, int(left * 1000))):
                 pending.discard(fd)
                 poller.unregister(fd)
-        by_pid = {s.pid: s.index for s in self.slots}
-        exits = []
-        for pid, pfd in self.remote.items():
+        ends = [self._remote_exited(pid, -_signal.SIGKILL) for pid in list(self.remote)]
+        return [e for e in ends if e is not None]
+
+    def _remote_exited(self, pid: int, code: int) -> tuple[int, int, int, int] | None:
+        """A fork-server worker has ended (code: its exit code, or -signal):
+        its pidfd is closed, and its exit returned as the supervisor reports
+        one, (slot, pid, code, signal); None if no slot runs it any more."""
+        pfd = self.remote.pop(pid, None)
+        if pfd is not None:
             os.close(pfd)
-            if pid in by_pid:
-                exits.append((by_pid[pid], pid, 0, _signal.SIGKILL))
-        self.remote.clear()
-        return exits
+        for s in self.slots:
+            if s.pid == pid:
+                return (s.index, pid, max(code, 0), max(-code, 0))
+        return None
 
     def _kill(self, pid: int) -> None:
         """SIGKILL to a worker (through its pidfd: no pid-reuse race)."""
         pfd = self.remote.get(pid)
         if pfd is None:
             self.sup.signal(pid, _signal.SIGKILL)
-            return
-        try:
-            _signal.pidfd_send_signal(pfd, _signal.SIGKILL)
-        except OSError:
-            pass
+        else:
+            _pidfd_kill(pfd)
 
     def _worker_env(self) -> list[str]:
         env = dict(os.environ)
@@ -1411,13 +1416,10 @@ class _Engine:
             if self.server is not None or self.pending_exits:
                 exits = list(exits)
                 if self.server is not None:
-                    by_pid = {s.pid: s.index for s in self.slots}
                     for pid, code in self.server.take_exits():
-                        pfd = self.remote.pop(pid, None)
-                        if pfd is not None:
-                            os.close(pfd)
-                        if pid in by_pid:
-                            exits.append((by_pid[pid], pid, max(code, 0), max(-code, 0)))
+                        end = self._remote_exited(pid, code)
+                        if end is not None:
+                            exits.append(end)
                     if any(slot < 0 for slot, _, _, _ in exits):
                         self._fork_server_died()  # its workers' exits: pending_exits
                 exits += self.pending_exits

@@ -286,6 +286,21 @@ def _cap_native_threads() -> None:
         pass
 
 
+def exit_with(body) -> None:
+    """In a freshly forked child: runs body() and leaves with the code it
+    returns, or with 70 and the traceback on stderr if it raised, never
+    returning and without the parent's exit handlers."""
+    code = 70
+    try:
+        code = body()
+    except BaseException:  # noqa: BLE001 - report, then leave without cleanup
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
 def _leave_driver_state(sigmask: set, own_group: bool = True) -> None:
     """First steps of a process forked from the driver (a worker, the fork
     server): none of the driver's objects is ever collected here (a collected
@@ -403,19 +418,12 @@ def run_fork_server(driver: int, req_fd: int, rep_fd: int, chan_fd: int, max_tas
                     send(ZY_FAILED, exc.errno or 0)
                     continue
                 if pid == 0:  # the new worker: never returns from here
-                    code = 70
-                    try:
-                        os.close(req_fd)
-                        os.close(rep_fd)
-                        for kfd in kids:
-                            os.close(kfd)
-                        code = run_forked(a, driver, chan_fd, max_tasks, env, sigmask, me)
-                    except BaseException:  # noqa: BLE001
-                        import traceback
+                    def work(slot: int = a) -> int:
+                        for fd in (req_fd, rep_fd, *kids):
+                            os.close(fd)
+                        return run_forked(slot, driver, chan_fd, max_tasks, env, sigmask, me)
 
-                        traceback.print_exc()
-                    finally:
-                        os._exit(code)
+                    exit_with(work)
                 pidfd = os.pidfd_open(pid)
                 kids[pidfd] = pid
                 poller.register(pidfd, select.POLLIN)
