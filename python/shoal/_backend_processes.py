@@ -1095,7 +1095,7 @@ class _Engine:
         (map_list: no generator step per item, no flattened copy). eager:
         every item is submitted before this returns (Executor.map), instead
         of a window refilled as results are taken."""
-        from ._mapping import GUIDED_MIN_ITEMS, auto_chunksize, chunked, guided_chunks, run_chunk
+        from ._mapping import auto_chunksize, chunked, guided_chunks, run_chunk, use_guided
 
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
@@ -1103,8 +1103,7 @@ class _Engine:
         except TypeError:
             n = None
         sliceable = isinstance(iterable, (range, list, tuple))
-        guided = chunksize is None and sliceable and n >= GUIDED_MIN_ITEMS * self.workers \
-            and os.environ.get("SHOAL_GUIDED", "1") != "0"
+        guided = chunksize is None and sliceable and use_guided(n, self.workers)
         if chunksize is None:
             chunksize = auto_chunksize(n, self.workers)
         if chunksize < 1:

@@ -7,6 +7,7 @@ behaviour they must match.
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, wait
@@ -41,6 +42,14 @@ def auto_chunksize(n_items: int | None, workers: int) -> int:
 
 #: guided chunks only for maps of at least this many items per worker
 GUIDED_MIN_ITEMS = 32
+
+
+def use_guided(n_items: int, workers: int) -> bool:
+    """Whether a map of n_items (a sequence that can be sliced, no chunk
+    size given) is cut into guided_chunks: large enough, and not turned off
+    with SHOAL_GUIDED=0."""
+    return n_items >= GUIDED_MIN_ITEMS * max(1, workers) and \
+        os.environ.get("SHOAL_GUIDED", "1") != "0"
 
 
 def guided_chunks(seq: Any, n: int, workers: int) -> Iterator[Any]:

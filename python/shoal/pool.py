@@ -229,14 +229,14 @@ class Pool:
                   error_callback: Callable | None = None) -> AsyncResult:
         """``map`` without waiting: ``get()`` returns the list. Every chunk is
         submitted now; ``callback(list)`` or ``error_callback(exc)`` runs once."""
-        from ._mapping import GUIDED_MIN_ITEMS, auto_chunksize, guided_chunks, run_chunk
+        from ._mapping import auto_chunksize, guided_chunks, run_chunk, use_guided
 
         self._check_running()
         items = list(iterable)
         n = len(items)
         if chunksize is not None and chunksize < 1:
             raise ValueError(f"chunksize must be >= 1, got {chunksize}")
-        if chunksize is None and n >= GUIDED_MIN_ITEMS * self._workers:
+        if chunksize is None and use_guided(n, self._workers):
             chunks: Iterable = guided_chunks(items, n, self._workers)
         else:
             size = chunksize or auto_chunksize(n, self._workers)

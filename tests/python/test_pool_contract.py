@@ -245,3 +245,4 @@ def test_automatic_chunks_keep_every_result_in_order(pool, executor, n, kind):
 def test_fixed_chunks_when_guided_ones_are_turned_off(pool, monkeypatch):
     monkeypatch.setenv("SHOAL_GUIDED", "0")
     assert pool.map(square, range(5000)) == [x * x for x in range(5000)]
+    assert pool.map_async(square, range(5000)).get(timeout=60) == [x * x for x in range(5000)]
