@@ -58,7 +58,7 @@ from . import _serialize
 from ._backend import Backend, register
 from ._mapping import time_left
 from ._errors import (BrokenPool, RemoteTraceback, SerializationError, TaskTimeout,
-                      WorkerLost)
+                      WorkerLost, serialization_error)
 
 # Frame kinds and flags: shoal/frame.hpp (same numbers in _worker.py).
 FUNCTION_DEF, CALL, BATCH, RESULT, FAILURE, CONTROL = 1, 2, 3, 4, 5, 6
@@ -413,6 +413,15 @@ class _ForkServer:
                 pass
 
 
+def _authkey() -> bytes:
+    """The driver's multiprocessing authkey: a worker that unpickles a
+    ``multiprocessing.Manager`` proxy connects to the manager with it, as
+    multiprocessing's own children do (they inherit it)."""
+    from multiprocessing import process
+
+    return bytes(process.current_process().authkey)
+
+
 class _Engine:
     """All state of one process pool. The backend object is a thin handle on
     it, so that dropping the handle (gc) can terminate the engine while the
@@ -688,7 +697,7 @@ class _Engine:
     def _announce(self, s: _Slot) -> None:
         """The first frame a new worker reads: sys.path and the initializer."""
         self.chan.set_pid(s.index, s.pid)
-        msg = {"sys_path": list(sys.path), "init": self.init_data}
+        msg = {"sys_path": list(sys.path), "init": self.init_data, "authkey": _authkey()}
         self.chan.push_tasks(s.index, [(0, CONTROL, 0, _serialize.dumps(msg).data)])
 
     def worker_pids(self) -> list[int]:
@@ -1095,7 +1104,8 @@ class _Engine:
         (map_list: no generator step per item, no flattened copy). eager:
         every item is submitted before this returns (Executor.map), instead
         of a window refilled as results are taken."""
-        from ._mapping import auto_chunksize, chunked, guided_chunks, run_chunk, use_guided
+        from ._mapping import (GuardedSource, auto_chunksize, chunked, guided_chunks, run_chunk,
+                               use_guided)
 
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
@@ -1108,12 +1118,13 @@ class _Engine:
             chunksize = auto_chunksize(n, self.workers)
         if chunksize < 1:
             raise ValueError(f"chunksize must be >= 1, got {chunksize}")
+        source = None if sliceable else GuardedSource(iterable)
         if guided:
             task_fn = fn
             units = guided_chunks(iterable, n, self.workers)
             n_units = None
         elif chunksize == 1:
-            task_fn, units = fn, iter(iterable)
+            task_fn, units = fn, source if source is not None else iter(iterable)
             n_units = n
         else:
             task_fn = fn
@@ -1121,7 +1132,7 @@ class _Engine:
                 # Slices: a range chunk pickles as three integers.
                 units = (iterable[i: i + chunksize] for i in range(0, n, chunksize))
             else:
-                units = chunked(iterable, chunksize)
+                units = chunked(source, chunksize)
             n_units = None if n is None else -(-n // chunksize)
         # Tasks per Batch frame: enough to amortize a frame, few enough to balance.
         if guided:
@@ -1156,7 +1167,7 @@ class _Engine:
                         self.timed.discard(t.id)
                 raise
         return self._map_iter(job, fn_id, name, units, per_frame, window, deadline,
-                              guided or chunksize > 1, chunks)
+                              guided or chunksize > 1, chunks, source)
 
     def _map_submit(self, job: _MapJob, fn_id: int, name: str, items: list) -> None:
         results = job.results
@@ -1182,7 +1193,7 @@ class _Engine:
 
     def _map_iter(self, job: _MapJob, fn_id: int, name: str, units: Iterator, per_frame: int,
                   window: int, deadline: float | None, flatten: bool,
-                  chunks: bool = False) -> Iterator[Any]:
+                  chunks: bool = False, source: Any = None) -> Iterator[Any]:
         results = job.results
         nxt = 0            # next index to yield (ordered)
         yielded = 0
@@ -1276,6 +1287,8 @@ class _Engine:
                         yield from r
                     else:
                         yield r
+            if source is not None:
+                source.raise_error()  # the user's iterable raised after these items
         finally:
             job.cancelled = True
             if yielded < len(results):
@@ -1475,9 +1488,9 @@ class _Engine:
                 else:
                     value = loads(data, adopt=True)
             except BaseException as exc:  # noqa: BLE001
-                self._deliver_exc(task, SerializationError(
+                self._deliver_exc(task, serialization_error(
                     f"the result of task {task.id} ({self._task_name(task)}) could not be loaded: "
-                    f"{type(exc).__name__}: {exc}"))
+                    f"{type(exc).__name__}: {exc}", type(exc)))
                 continue
             job = task.job
             if job is not None:
@@ -1518,9 +1531,9 @@ class _Engine:
                         data = _read_indirect(data)
                     value = loads(data, adopt=True)
                 except BaseException as exc:  # noqa: BLE001
-                    self._deliver_exc(task, SerializationError(
+                    self._deliver_exc(task, serialization_error(
                         f"the result of task {task.id} ({self._task_name(task)}) could not be loaded: "
-                        f"{type(exc).__name__}: {exc}"))
+                        f"{type(exc).__name__}: {exc}", type(exc)))
                     continue
                 job = task.job
                 if job is not None:

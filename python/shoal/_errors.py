@@ -59,7 +59,47 @@ class TaskTimeout(ShoalError, TimeoutError):
 
 
 class SerializationError(ShoalError, TypeError):
-    """An argument or a result could not be serialized; the message names it."""
+    """An argument or a result could not be serialized; the message names it.
+
+    What shoal raises is also an instance of the pickling error's own type
+    (``TypeError``, ``pickle.PicklingError``, ``AttributeError``,
+    ``RuntimeError``...), the type multiprocessing raises for the same object:
+    see :func:`serialization_error`."""
+
+
+_SERIALIZATION_CLASSES: dict = {}
+
+
+def _serialization_class(cause: type | None) -> type:
+    if cause is None or not isinstance(cause, type) or not issubclass(cause, Exception) \
+            or issubclass(cause, SerializationError) or cause is TypeError:
+        return SerializationError
+    cls = _SERIALIZATION_CLASSES.get(cause)
+    if cls is None:
+        try:
+            cls = type(f"SerializationError[{cause.__name__}]", (SerializationError, cause),
+                       {"__module__": __name__, "__reduce__": _reduce_serialization_error,
+                        "__doc__": f"A SerializationError that is also a {cause.__name__}."})
+        except TypeError:  # a base whose layout cannot be combined
+            cls = SerializationError
+        _SERIALIZATION_CLASSES[cause] = cls
+    return cls
+
+
+def _reduce_serialization_error(self):
+    cause = next((b for b in type(self).__bases__ if b is not SerializationError), None)
+    return serialization_error, (str(self), cause)
+
+
+def serialization_error(message: str, cause: type | None = None) -> SerializationError:
+    """A SerializationError that is also an instance of ``cause`` (the type of
+    the error pickle raised), so that code catching what multiprocessing
+    raises for the same object catches it too."""
+    cls = _serialization_class(cause)
+    try:
+        return cls(message)
+    except Exception:  # noqa: BLE001 - a base whose __init__ wants other arguments
+        return SerializationError(message)
 
 
 class RemoteTraceback(Exception):

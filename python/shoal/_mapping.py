@@ -69,6 +69,38 @@ def guided_chunks(seq: Any, n: int, workers: int) -> Iterator[Any]:
         i += size
 
 
+class GuardedSource:
+    """The items of a user's iterable for a lazy map. An exception the
+    iterable raises ends the items and is kept: the map yields the results of
+    the items before it, then raises it (as ``multiprocessing.Pool.imap``
+    does), instead of losing those results."""
+
+    __slots__ = ("it", "error")
+
+    def __init__(self, iterable: Iterable) -> None:
+        self.it = iter(iterable)
+        self.error: BaseException | None = None
+
+    def __iter__(self) -> "GuardedSource":
+        return self
+
+    def __next__(self) -> Any:
+        if self.error is not None:
+            raise StopIteration
+        try:
+            return next(self.it)
+        except StopIteration:
+            raise
+        except Exception as exc:  # noqa: BLE001 - raised by raise_error, in its place
+            self.error = exc
+            raise StopIteration from None
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            exc, self.error = self.error, None
+            raise exc
+
+
 def chunked(iterable: Iterable, size: int) -> Iterator[list]:
     it = iter(iterable)
     while chunk := list(itertools.islice(it, size)):
@@ -91,7 +123,8 @@ def map_via_submit(backend: Any, fn: Callable, iterable: Iterable, *,
     deadline = None if timeout is None else time.monotonic() + timeout
     # Keep a bounded window in flight so an endless iterable does not exhaust memory.
     window = float("inf") if eager else max(2 * backend.workers, 8)
-    chunks = chunked(iterable, chunksize)
+    source = GuardedSource(iterable)
+    chunks = chunked(source, chunksize)
     pending: deque = deque()
 
     def fill() -> None:
@@ -111,11 +144,11 @@ def map_via_submit(backend: Any, fn: Callable, iterable: Iterable, *,
             for fut in pending:
                 fut.cancel()
             raise
-    return _results(pending, fill, ordered, remaining)
+    return _results(pending, fill, ordered, remaining, source)
 
 
 def _results(pending: deque, fill: Callable, ordered: bool,
-             remaining: Callable) -> Iterator[Any]:
+             remaining: Callable, source: GuardedSource) -> Iterator[Any]:
     try:
         fill()
         while pending:
@@ -131,6 +164,7 @@ def _results(pending: deque, fill: Callable, ordered: bool,
                 part = fut.result()
             fill()
             yield from part
+        source.raise_error()  # the user's iterable raised after these items
     finally:
         for fut in pending:
             fut.cancel()

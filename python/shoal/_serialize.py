@@ -56,7 +56,7 @@ import struct
 import weakref
 from types import FunctionType as _FunctionType
 
-from ._errors import SerializationError
+from ._errors import SerializationError, serialization_error
 
 Any = object  # annotations only (typing costs a spawned worker's start 5 ms)
 
@@ -79,7 +79,10 @@ OUT_OF_BAND_THRESHOLD = 256 * 1024
 _ALIGN = 64
 
 _PROTOCOL = 5
-_MAIN = b"__main__"
+#: found in a pickle that references ``__main__`` or ``__mp_main__`` (the
+#: script as multiprocessing's spawn children import it) by name
+_MAIN = b"_main__"
+_MAIN_NAMES = frozenset({"__main__", "__mp_main__"})
 _OOB_MARKER = 0x53  # b"S"
 _HEAD = struct.Struct("<H")
 _COUNT = struct.Struct("<I")
@@ -193,10 +196,10 @@ def _children(obj: Any, path: str):
 
 
 def _picklable(obj: Any) -> bool:
-    import cloudpickle
+    from . import _byvalue
 
     try:
-        cloudpickle.dumps(obj, protocol=_PROTOCOL, buffer_callback=lambda b: False)
+        _byvalue.dumps(obj, _PROTOCOL, buffer_callback=lambda b: False)
         return True
     except Exception:
         return False
@@ -217,16 +220,14 @@ def _fail(obj: Any, exc: BaseException) -> SerializationError:
     except Exception:  # pragma: no cover - the search itself must never mask the error
         path, bad = "obj", obj
     where = "" if path == "obj" else f" (at {path})"
-    return SerializationError(f"cannot serialize {_describe(bad)}{where}: "
-                              f"{type(exc).__name__}: {exc}")
+    return serialization_error(f"cannot serialize {_describe(bad)}{where}: "
+                               f"{type(exc).__name__}: {exc}", type(exc))
 
 
 def _cloudpickle_dumps(obj: Any, callback: Any) -> bytes:
-    import cloudpickle
+    from . import _byvalue
 
-    f = io.BytesIO()
-    cloudpickle.Pickler(f, protocol=_PROTOCOL, buffer_callback=callback).dump(obj)
-    return f.getvalue()
+    return _byvalue.dumps(obj, _PROTOCOL, callback)
 
 
 # Functions and classes that must travel by value (defined in __main__, a
@@ -234,8 +235,11 @@ def _cloudpickle_dumps(obj: Any, callback: Any) -> bytes:
 # reused: the sender keeps fn -> (blob, names of its globals, their ids); the
 # receiver keeps blob -> rebuilt object. A task f(i) with f in __main__ then
 # costs a cache lookup, not a cloudpickle run. A global the function uses that
-# is rebound (x = ...) invalidates the entry; one mutated in place is not seen
-# (as with any function a worker imports by name: it sees its own globals).
+# is rebound (x = ...) invalidates the entry and the new blob overwrites that
+# name in the receiver; one mutated in place in the driver is not seen (as
+# with any function a worker imports by name: it sees its own globals). In the
+# receiver the rebuilt functions of one module share one namespace (see
+# _byvalue.py): what an initializer sets there, the tasks see.
 _BY_VALUE: "weakref.WeakKeyDictionary[Any, tuple]" = weakref.WeakKeyDictionary()
 _REBUILT: dict = {}
 _REBUILT_MAX = 256
@@ -268,11 +272,13 @@ def _blob_ref(obj: Any) -> _Blob:
     ref = _BY_VALUE.get(obj)
     if ref is not None and (not ref.names or _global_ids(obj, ref.names) == ref.ids):
         return ref
-    import cloudpickle
+    from . import _byvalue
 
     code = getattr(obj, "__code__", None)
     names = tuple(code.co_names) if code is not None else ()
-    ref = _Blob(cloudpickle.dumps(obj, protocol=_PROTOCOL), names, _global_ids(obj, names))
+    changed = _byvalue.changed_names(obj) if code is not None else ()
+    ref = _Blob(_byvalue.dumps(obj, _PROTOCOL, changed=changed), names,
+                _global_ids(obj, names))
     try:
         _BY_VALUE[obj] = ref
     except TypeError:  # not weak-referenceable: no cache
@@ -295,7 +301,7 @@ def _needs_value(obj: Any) -> bool:
     """A function or class that a fresh interpreter could not import by name."""
     if not isinstance(obj, (_FunctionType, type)):
         return False
-    if getattr(obj, "__module__", None) == "__main__":
+    if getattr(obj, "__module__", None) in _MAIN_NAMES:
         return True
     q = getattr(obj, "__qualname__", "")
     return "<" in q  # <lambda>, <locals>
@@ -347,9 +353,9 @@ def dumps(obj: Any, *, threshold: int = OUT_OF_BAND_THRESHOLD,
                 target, allowed = (ref,) + obj[1:], ref.mains
             data = _pickle_dumps(target, _PROTOCOL, buffer_callback=collector)
             if _MAIN in data and (not allowed or data.count(_MAIN) > allowed):
-                # Something is pickled by reference to __main__ (a function or
-                # class defined in a script or notebook): a fresh worker has a
-                # different __main__, so send it by value. A false positive
+                # Something is pickled by reference to __main__ or __mp_main__
+                # (a function or class defined in a script or notebook): a
+                # fresh worker has a different __main__, so send it by value. A false positive
                 # (the string "__main__" in the data) only costs the slow path.
                 raise pickle.PicklingError("reference to __main__")
         except Exception:

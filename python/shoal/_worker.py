@@ -207,6 +207,8 @@ class Worker:
             return
         if "sys_path" in msg:
             sys.path[:] = msg["sys_path"]
+        if msg.get("authkey"):
+            _use_authkey(msg["authkey"])
         if msg.get("init") is not None:
             try:
                 initializer, initargs = self.serialize.loads(msg["init"])
@@ -257,6 +259,49 @@ class _Unloadable:
 
     def __call__(self, *args, **kwargs):
         raise self.exc
+
+
+def _use_authkey(key: bytes) -> None:
+    """Makes the driver's multiprocessing authkey this process's, so that
+    Manager proxies in tasks authenticate (multiprocessing's children inherit
+    it; a spawned worker has a random one). Importing multiprocessing costs a
+    worker's start about 40 ms, so a worker that has not imported it yet gets
+    the key when (if ever) it does."""
+    proc = sys.modules.get("multiprocessing.process")
+    if proc is not None:
+        proc.current_process().authkey = key
+        return
+    for finder in sys.meta_path:
+        if isinstance(finder, _AuthkeyOnImport):
+            finder.key = key
+            return
+    sys.meta_path.insert(0, _AuthkeyOnImport(key))
+
+
+class _AuthkeyOnImport:
+    """A meta-path finder that lets ``multiprocessing.process`` load as usual,
+    then sets the authkey it holds."""
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "multiprocessing.process":
+            return None
+        sys.meta_path.remove(self)
+        from importlib.machinery import PathFinder
+
+        spec = PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return spec
+        run, key = spec.loader.exec_module, self.key
+
+        def exec_module(module) -> None:
+            run(module)
+            module.current_process().authkey = key
+
+        spec.loader.exec_module = exec_module
+        return spec
 
 
 _capped_at_fork = False  # run_forked capped what the driver had loaded

@@ -51,6 +51,14 @@ def _resolve_workers(workers: int | None, what: str) -> int:
     return workers
 
 
+def _resolve_max_tasks(value: Any, what: str) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{what} must be a positive int or None, got {value!r}")
+    return value
+
+
 def _progress(it: Iterator, total: int | None, enabled: bool) -> Iterator:
     if not enabled:
         return it
@@ -155,16 +163,23 @@ class AsyncResult:
 class Pool:
     """``multiprocessing.Pool``'s surface on shoal's engine.
 
-    ``workers=None`` means ``shoal.default_workers()``. ``retries``: how often a
-    task whose worker died is re-run before it fails with ``shoal.WorkerLost``.
+    The first four parameters are multiprocessing's, positional too:
+    ``Pool(4, init, (x,), 100)``. ``workers=None`` means
+    ``shoal.default_workers()``. ``context`` (a multiprocessing context) is
+    accepted and not used: shoal chooses how to start its workers (fork while
+    that is safe, fresh interpreters otherwise). ``retries``: how often a task
+    whose worker died is re-run before it fails with ``shoal.WorkerLost``.
     Functions from ``__main__``, lambdas and closures work; no ``if __name__ ==
     "__main__"`` guard is needed.
     """
 
-    def __init__(self, workers: int | None = None, *, initializer: Callable | None = None,
-                 initargs: tuple = (), max_tasks_per_worker: int | None = None,
-                 retries: int = 0, backend: str = "processes", processes: int | None = None,
-                 maxtasksperchild: int | None = None) -> None:
+    _state = "unstarted"  # (for __del__ of a pool whose __init__ raised)
+
+    def __init__(self, workers: int | None = None, initializer: Callable | None = None,
+                 initargs: tuple = (), maxtasksperchild: int | None = None,
+                 context: Any = None, *, max_tasks_per_worker: int | None = None,
+                 retries: int = 0, backend: str = "processes",
+                 processes: int | None = None) -> None:
         # processes= / maxtasksperchild=: multiprocessing.Pool's names.
         if processes is not None:
             if workers is not None:
@@ -173,7 +188,10 @@ class Pool:
         if maxtasksperchild is not None:
             if max_tasks_per_worker is not None:
                 raise TypeError("give max_tasks_per_worker= or maxtasksperchild=, not both")
-            max_tasks_per_worker = maxtasksperchild
+            max_tasks_per_worker = _resolve_max_tasks(maxtasksperchild, "maxtasksperchild")
+        max_tasks_per_worker = _resolve_max_tasks(max_tasks_per_worker, "max_tasks_per_worker")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
         self._workers = _resolve_workers(workers, "workers")
         self._backend = _backend.create(backend, self._workers, initializer=initializer,
                                         initargs=tuple(initargs),
@@ -181,6 +199,15 @@ class Pool:
                                         retries=retries)
         self._state = "running"
         self._lock = threading.Lock()
+
+    def __del__(self) -> None:
+        # As multiprocessing (3.8+): a running pool that nobody closed. Its
+        # engine's own finalizer then stops the workers.
+        if self._state == "running":
+            import warnings
+
+            warnings.warn(f"unclosed running shoal pool {self!r}", ResourceWarning,
+                          source=self)
 
     @property
     def workers(self) -> int:
@@ -293,6 +320,7 @@ class Pool:
         self._backend.shutdown(wait=True)
 
     def __enter__(self) -> "Pool":
+        self._check_running()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -322,6 +350,7 @@ class Executor(cf.Executor):
                  max_tasks_per_worker: int | None = None, retries: int = 0,
                  task_timeout: float | None = None) -> None:
         self._workers = _resolve_workers(max_workers, "max_workers")
+        max_tasks_per_worker = _resolve_max_tasks(max_tasks_per_worker, "max_tasks_per_worker")
         if task_timeout is not None and task_timeout <= 0:
             raise ValueError(f"task_timeout must be > 0, got {task_timeout}")
         self._backend = _backend.create(backend, self._workers, initializer=initializer,

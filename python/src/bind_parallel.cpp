@@ -96,20 +96,33 @@ bool interpreter_finalizing() {
 thread_local PyThreadState* tl_tstate = nullptr;
 thread_local PyGILState_STATE tl_gilstate;
 
+// The pool of the threads backend. It owns a reference to its Python
+// on_start hook (the backend's per-thread initializer), and that hook can lead
+// back to the pool (initializer -> its module's globals -> the user's Pool ->
+// this object): tp_traverse/tp_clear below let the garbage collector see and
+// break such a cycle, which otherwise outlived the interpreter ("nanobind:
+// leaked 1 instances" at every exit of a script with an initializer).
 class PyThreadPool {
  public:
-  PyThreadPool(int workers, nb::object on_start) {
+  // Shared with the worker threads, which call it once as they start; read
+  // and cleared only with the GIL held.
+  struct Hook {
+    PyObject* fn = nullptr;
+  };
+
+  PyThreadPool(int workers, nb::object on_start) : hook_(std::make_shared<Hook>()) {
     SHOAL_CHECK(workers >= 1, "a thread pool needs at least 1 worker, got " + std::to_string(workers));
-    if (!on_start.is_none()) on_start_ = on_start.release().ptr();
-    PyObject* hook = on_start_;
+    if (!on_start.is_none()) hook_->fn = on_start.release().ptr();
     pool_ = std::make_unique<shoal::ThreadPool>(
         workers, shoal::Pinning::none,
-        [hook](int index) {
+        [hook = hook_](int index) {
           tl_gilstate = PyGILState_Ensure();
-          if (hook != nullptr) {
-            PyObject* r = PyObject_CallFunction(hook, "i", index);
-            if (r == nullptr) PyErr_WriteUnraisable(hook);
+          if (PyObject* fn = hook->fn; fn != nullptr) {
+            Py_INCREF(fn);  // tp_clear may drop the pool's reference meanwhile
+            PyObject* r = PyObject_CallFunction(fn, "i", index);
+            if (r == nullptr) PyErr_WriteUnraisable(fn);
             Py_XDECREF(r);
+            Py_DECREF(fn);
           }
           tl_tstate = PyEval_SaveThread();
         },
@@ -134,8 +147,11 @@ class PyThreadPool {
         pool_.reset();
       }
     }
-    if (on_start_ != nullptr && !interpreter_finalizing()) Py_DECREF(on_start_);
+    if (!interpreter_finalizing()) clear_hook();
   }
+  // GIL held.
+  void clear_hook() { Py_CLEAR(hook_->fn); }
+  PyObject* hook() const { return hook_->fn; }
   PyThreadPool(const PyThreadPool&) = delete;
   PyThreadPool& operator=(const PyThreadPool&) = delete;
 
@@ -167,9 +183,26 @@ class PyThreadPool {
   bool in_worker() const { return pool_ && pool_->worker_index() >= 0; }
 
  private:
+  std::shared_ptr<Hook> hook_;
   std::unique_ptr<shoal::ThreadPool> pool_;
-  PyObject* on_start_ = nullptr;
 };
+
+int thread_pool_traverse(PyObject* self, visitproc visit, void* arg) {
+  Py_VISIT(Py_TYPE(self));
+  if (!nb::inst_ready(self)) return 0;  // the constructor has not finished
+  Py_VISIT(nb::inst_ptr<PyThreadPool>(self)->hook());
+  return 0;
+}
+
+int thread_pool_clear(PyObject* self) {
+  if (nb::inst_ready(self)) nb::inst_ptr<PyThreadPool>(self)->clear_hook();
+  return 0;
+}
+
+PyType_Slot thread_pool_slots[] = {
+    {Py_tp_traverse, reinterpret_cast<void*>(thread_pool_traverse)},
+    {Py_tp_clear, reinterpret_cast<void*>(thread_pool_clear)},
+    {0, nullptr}};
 
 void bind(nb::module_& m) {
   using nb::arg;
@@ -192,7 +225,7 @@ void bind(nb::module_& m) {
   m.def("default_threads", [] { return shoal::ThreadPool::global().size() + 1; },
         "Threads a native loop uses by default (the caller included).");
 
-  nb::class_<PyThreadPool>(m, "ThreadPool")
+  nb::class_<PyThreadPool>(m, "ThreadPool", nb::type_slots(thread_pool_slots))
       .def(nb::init<int, nb::object>(), arg("workers"), arg("on_start") = nb::none())
       .def("submit", &PyThreadPool::submit, arg("fn"))
       .def("stop", &PyThreadPool::stop)
