@@ -266,3 +266,31 @@ def _open_gates_on_teardown(tmp_path):
 @_pytest.fixture(params=BACKENDS)
 def backend(request):
     return request.param
+
+
+def make_unpicklable(kind):
+    """An object pickle refuses, with the error type multiprocessing raises."""
+    if kind == "lock":
+        return threading.Lock()              # TypeError
+    if kind == "generator":
+        return (i for i in range(3))         # TypeError
+    if kind == "queue":
+        import multiprocessing
+        return multiprocessing.Queue()       # RuntimeError (share by inheritance only)
+    if kind == "refuses":
+        return RefusesPickle()               # pickle.PicklingError
+    raise AssertionError(kind)
+
+
+class RefusesPickle:
+    def __reduce__(self):
+        import pickle
+        raise pickle.PicklingError("this object refuses to be pickled")
+
+
+def return_unpicklable(kind):
+    return make_unpicklable(kind)
+
+
+def make_adder(k):
+    return lambda x: x + k

@@ -327,3 +327,131 @@ def test_terminate_from_another_thread_ends_a_blocked_map(backend):
     assert not t.is_alive(), "map() still blocked after terminate()"
     assert "result" not in out and isinstance(out["error"], shoal.BrokenPool), out
     p.join()
+
+
+# ------------------------------------------------------------------ drop-in details
+def test_initializer_and_initargs_are_positional_as_in_multiprocessing(backend):
+    with shoal.Pool(2, _init, (10,), 5, None, backend=backend) as p:
+        assert p.map(_read_init, range(4)) == [11] * 4
+
+
+@pytest.mark.parametrize("how", ["close", "terminate"])
+def test_with_on_a_closed_or_terminated_pool_is_a_value_error(backend, how):
+    p = shoal.Pool(2, backend=backend)
+    getattr(p, how)()
+    p.join()
+    with pytest.raises(ValueError, match="not running"):
+        with p:
+            pass  # pragma: no cover
+
+
+class _SourceBroke(Exception):
+    pass
+
+
+def _breaks_after(k):
+    for i in range(k):
+        yield i
+    raise _SourceBroke(f"after {k}")
+
+
+@pytest.mark.parametrize("method", ["imap", "imap_unordered"])
+@pytest.mark.parametrize("chunksize", [1, 2])
+def test_imap_over_an_iterable_that_raises_yields_the_results_before_it(pool, method, chunksize):
+    it = getattr(pool, method)(h.square, _breaks_after(5), chunksize)
+    got = []
+    with pytest.raises(_SourceBroke, match="after 5"):
+        for x in it:
+            got.append(x)
+    assert sorted(got) == [0, 1, 4, 9, 16]
+
+
+def test_map_over_an_iterable_that_raises_raises_its_error(pool):
+    with pytest.raises(_SourceBroke):
+        pool.map(h.square, _breaks_after(3))
+
+
+@pytest.mark.parametrize("bad", ["12", 1.5, True, 0, -1])
+def test_max_tasks_per_worker_of_a_wrong_type_or_value_is_a_value_error(backend, bad):
+    with pytest.raises(ValueError, match="positive int"):
+        shoal.Pool(2, maxtasksperchild=bad, backend=backend)
+    with pytest.raises(ValueError, match="positive int"):
+        shoal.Pool(2, max_tasks_per_worker=bad, backend=backend)
+    with pytest.raises(ValueError, match="positive int"):
+        shoal.Executor(2, max_tasks_per_worker=bad, backend=backend)
+    with pytest.raises(ValueError):  # multiprocessing says the same
+        multiprocessing.Pool(2, maxtasksperchild=bad)
+
+
+def test_a_running_pool_collected_without_close_warns(backend):
+    import gc
+    import warnings
+
+    p = shoal.Pool(2, backend=backend)
+    assert p.map(h.square, [3]) == [9]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del p
+        gc.collect()
+    assert [w.category for w in caught if "unclosed running" in str(w.message)] == \
+        [ResourceWarning]
+    # A closed one does not.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with shoal.Pool(2, backend=backend) as q:
+            q.map(h.square, [1])
+        del q
+        gc.collect()
+    assert not [w for w in caught if "unclosed" in str(w.message)]
+
+
+def test_a_multiprocessing_context_is_accepted(backend):
+    with shoal.Pool(2, context=multiprocessing.get_context("spawn"), backend=backend) as p:
+        assert p.map(h.square, [4]) == [16]
+
+
+def _pickle_error_type(obj):
+    import pickle
+
+    try:
+        pickle.dumps(obj)
+    except Exception as exc:  # noqa: BLE001
+        return type(exc)
+    raise AssertionError(f"{obj!r} pickled")
+
+
+# Backends that pickle arguments and results (threads pass them by reference).
+PICKLING = ["processes"]
+
+
+@pytest.mark.parametrize("backend", PICKLING)
+@pytest.mark.parametrize("kind", ["lock", "generator", "queue", "refuses"])
+def test_an_argument_that_cannot_be_pickled_raises_the_pickling_errors_own_type(backend, kind):
+    bad = h.make_unpicklable(kind)
+    expected = _pickle_error_type(bad)
+    with shoal.Pool(2, backend=backend) as p:
+        with pytest.raises(expected) as info:
+            p.apply(h.identity, (bad,))
+        assert isinstance(info.value, shoal.SerializationError)
+        assert type(bad).__name__ in str(info.value)  # names the object
+        with pytest.raises(expected):
+            p.map(h.identity, [1, bad, 3], chunksize=1)
+        assert p.map(h.square, [5]) == [25]  # the pool goes on
+
+
+@pytest.mark.parametrize("backend", PICKLING)
+@pytest.mark.parametrize("kind", ["lock", "generator", "refuses"])
+def test_a_result_that_cannot_be_pickled_raises_the_pickling_errors_own_type(backend, kind):
+    expected = _pickle_error_type(h.make_unpicklable(kind))
+    with shoal.Pool(2, backend=backend) as p:
+        with pytest.raises(expected) as info:
+            p.apply(h.return_unpicklable, (kind,))
+        assert isinstance(info.value, shoal.SerializationError)
+        assert p.map(h.square, [5]) == [25]
+
+
+def test_a_lambda_result_travels_back_unlike_multiprocessing(backend):
+    # multiprocessing cannot send a lambda back (PicklingError); shoal can.
+    with shoal.Pool(2, backend=backend) as p:
+        add = p.apply(h.make_adder, (3,))
+    assert add(4) == 7
