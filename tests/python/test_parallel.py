@@ -493,3 +493,12 @@ def test_plain_arguments_are_checked_before_the_kernel_and_ctx():
         shoal.parallel_reduce(10, read_sum, grain=0)
     with pytest.raises(TypeError, match="threads must be an int"):
         shoal.parallel_for(10, mark, threads=2.0)
+
+
+def test_char_pointer_kernel_needs_a_buffer_of_any_kind():
+    proto = ctypes.CFUNCTYPE(ctypes.c_double, ctypes.c_int64, ctypes.c_int64, ctypes.c_char_p)
+    first_byte = proto(lambda b, e, p: float(p[0]) if p else -1.0)
+    with pytest.raises(TypeError, match=r"ctx is None.*char\*"):
+        shoal.parallel_reduce(1, first_byte)
+    assert shoal.parallel_reduce(1, first_byte, b"\x07") == 7.0
+    assert shoal.parallel_reduce(1, first_byte, np.array([9], dtype=np.int64)) == 9.0
