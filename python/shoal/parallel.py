@@ -303,7 +303,7 @@ def _ctx_address(ctx: Any, pointee: _Pointee | None) -> tuple[int, Any]:
         if pointee is not None:
             target = getattr(ctx._type_, "__name__", str(ctx._type_))
             if not address:
-                raise TypeError(f"ctx is a NULL {type(ctx).__name__}, but the kernel's third "
+                raise TypeError(f"ctx is a NULL ctypes POINTER({target}), but the kernel's third "
                                 f"parameter is {pointee.text}: it would read through it")
             _check_element(pointee, _ctypes_dtype(ctx._type_), f"ctypes POINTER({target})")
         return address, ctx
