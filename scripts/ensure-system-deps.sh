@@ -2,7 +2,8 @@
 # Installs the Debian packages shoal builds against, when missing.
 # As root: apt-get install. Otherwise: print the exact command and fail.
 set -euo pipefail
-packages=(cmake g++ make ninja-build pkg-config python3-venv
+# gcc (cc) and gfortran build examples/fortran_kernel (tests/python/test_examples_native.py).
+packages=(cmake gcc g++ gfortran make ninja-build pkg-config python3-venv
           libhwloc-dev hwloc libopenmpi-dev openmpi-bin
           libgtest-dev libbenchmark-dev clang libclang-rt-dev libomp-dev
           libtbb-dev)

@@ -143,10 +143,11 @@ def test_reduce_ops_against_numpy(n, threads):
 
 def test_reduce_int64_max_and_identities():
     assert shoal.parallel_reduce(100_000, imax, op="max", dtype="int64") == 10006
-    assert shoal.parallel_reduce(0, read_sum) == 0.0
-    assert shoal.parallel_reduce(0, read_prod, op="prod") == 1.0
-    assert shoal.parallel_reduce(0, read_min, op="min") == math.inf
-    assert shoal.parallel_reduce(0, read_max, op="max") == -math.inf
+    empty = np.empty(0)  # typed-pointer kernels need a ctx of their dtype, even for n == 0
+    assert shoal.parallel_reduce(0, read_sum, empty) == 0.0
+    assert shoal.parallel_reduce(0, read_prod, empty, op="prod") == 1.0
+    assert shoal.parallel_reduce(0, read_min, empty, op="min") == math.inf
+    assert shoal.parallel_reduce(0, read_max, empty, op="max") == -math.inf
     assert shoal.parallel_reduce(0, imax, op="max", dtype="int64") == -(2**63)
     assert shoal.parallel_reduce(0, imax, op="min", dtype="int64") == 2**63 - 1
 
@@ -336,3 +337,168 @@ def test_loops_work_in_a_forked_child():
 def test_deterministic_with_too_many_blocks_is_a_clear_error():
     with pytest.raises(ValueError, match="grain of at least 64"):
         shoal.parallel_reduce(2**30, count_i64, dtype="int64", deterministic=True, grain=1)
+
+
+# ---- ctx against the kernel's third parameter ----------------------------------
+
+def run_in_child(code: str) -> subprocess.CompletedProcess:
+    """Runs code in a fresh interpreter: a call that segfaults shows as a
+    failed test (exit -11), not as a crashed pytest."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+CHILD_PRELUDE = """
+import ctypes, numpy as np, shoal
+from numba import cfunc, types
+@cfunc(types.float64(types.int64, types.int64, types.CPointer(types.float64)))
+def read_sum(begin, end, x):
+    s = 0.0
+    for i in range(begin, end):
+        s += x[i]
+    return s
+@cfunc(types.void(types.int64, types.int64, types.CPointer(types.float64)))
+def write(begin, end, x):
+    for i in range(begin, end):
+        x[i] = 1.0
+def expect_type_error(call):
+    try:
+        call()
+    except TypeError as e:
+        print("TypeError:", e)
+    else:
+        print("no error")
+"""
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("call", [
+    "shoal.parallel_reduce(100_000, read_sum)",                     # numba CPointer(float64)
+    "shoal.parallel_reduce(100_000, read_sum.ctypes)",              # ctypes POINTER(c_double)
+    "shoal.parallel_for(100_000, write)",
+    "shoal.parallel_for(100_000, write, None, threads=2)",
+    "shoal.parallel_reduce(100_000, read_sum, ctypes.POINTER(ctypes.c_double)())",  # NULL pointer
+])
+def test_typed_pointer_kernel_without_ctx_raises_instead_of_segfaulting(call):
+    out = run_in_child(CHILD_PRELUDE + f"expect_type_error(lambda: {call})\n")
+    assert out.returncode == 0, f"the child died ({out.returncode}):\n{out.stderr[-2000:]}"
+    assert "TypeError: ctx is" in out.stdout, out.stdout + out.stderr
+    assert "float64" in out.stdout and "NULL" in out.stdout
+
+
+def test_void_pointer_kernel_takes_no_ctx():
+    assert shoal.parallel_reduce(10, wild_f64) == pytest.approx(wild_serial(10))
+    assert shoal.parallel_reduce(10, count_i64, None, dtype="int64") == 10
+    assert shoal.parallel_reduce(10, count_i64.ctypes, dtype="int64") == 10
+
+
+def test_typed_pointer_kernel_checks_ctx_even_for_empty_n():
+    with pytest.raises(TypeError, match="ctx is None"):
+        shoal.parallel_reduce(0, read_sum)
+    with pytest.raises(TypeError, match="ctx holds int32"):
+        shoal.parallel_reduce(0, read_sum, np.empty(0, dtype=np.int32))
+
+
+WRONG_ELEMENTS = [  # 32 bytes each: the old code read them as 4 doubles of garbage
+    (np.zeros(8, dtype=np.int32), "int32"),
+    (np.zeros(8, dtype=np.float32), "float32"),
+    (np.zeros(4, dtype=np.int64), "int64"),  # same size, wrong kind
+    (np.zeros(4, dtype=">f8"), ">f8"),  # same kind, wrong byte order
+    (np.zeros(4, dtype=np.complex64), "complex64"),
+    (array.array("i", [0] * 8), "int32"),
+    ((ctypes.c_int32 * 8)(), "int32"),
+    (ctypes.cast((ctypes.c_int64 * 4)(), ctypes.POINTER(ctypes.c_int64)), "int64"),
+    (memoryview(np.zeros(8, dtype=np.int32)), "int32"),
+]
+
+
+@pytest.mark.parametrize("ctx,dtype", WRONG_ELEMENTS,
+                         ids=[f"{type(c).__name__}-{d}" for c, d in WRONG_ELEMENTS])
+@pytest.mark.parametrize("kernel", [read_sum, read_sum.ctypes], ids=["numba", "ctypes"])
+def test_ctx_elements_must_be_the_kernels_pointee(kernel, ctx, dtype):
+    with pytest.raises(TypeError, match=rf"ctx holds {dtype} \(.*third parameter is \w+\* .*as float64"):
+        shoal.parallel_reduce(4, kernel, ctx)
+
+
+@pytest.mark.parametrize("kernel", [read_sum, read_sum.ctypes], ids=["numba", "ctypes"])
+def test_ctx_of_the_kernels_pointee_is_taken(kernel):
+    fits = [np.ones(4), np.ones((2, 2), order="F"), memoryview(np.ones(4)), array.array("d", [1.0] * 4),
+            (ctypes.c_double * 4)(1, 1, 1, 1),
+            ctypes.cast((ctypes.c_double * 4)(1, 1, 1, 1), ctypes.POINTER(ctypes.c_double)),
+            np.frombuffer(np.ones(4).tobytes()),  # read-only: reading is fine
+            struct.pack("<4d", 1, 1, 1, 1),  # raw bytes are not type-checked
+            ]
+    for ctx in fits:
+        assert shoal.parallel_reduce(4, kernel, ctx) == 4.0, ctx
+    x = np.ones(4)
+    assert shoal.parallel_reduce(4, kernel, x.ctypes.data) == 4.0  # raw address: unchecked
+
+
+class Params(ctypes.Structure):
+    _fields_ = [("n", ctypes.c_double), ("h", ctypes.c_double)]
+
+
+def test_structured_pointee_is_checked_field_by_field():
+    # A ctypes kernel reading a Params* (a callback made from Python: it takes the GIL per call).
+    proto = ctypes.CFUNCTYPE(ctypes.c_double, ctypes.c_int64, ctypes.c_int64, ctypes.POINTER(Params))
+    read_params = proto(lambda b, e, p: (e - b) * p.contents.h)
+    params = np.array([(3.0, 0.5)], dtype=[("n", np.float64), ("h", np.float64)])
+    assert shoal.parallel_reduce(4, read_params, params, threads=1) == 2.0
+    assert shoal.parallel_reduce(4, read_params, Params(3.0, 0.5), threads=1) == 2.0
+    with pytest.raises(TypeError, match=r"ctx holds float64 .*Params\*"):
+        shoal.parallel_reduce(4, read_params, np.array([3.0, 0.5]))
+    swapped = np.array([(0.5, 3.0)], dtype=[("h", np.float64), ("n", np.float64)])
+    with pytest.raises(TypeError, match="ctx holds"):
+        shoal.parallel_reduce(4, read_params, swapped)
+
+
+def test_non_contiguous_array_ctx_is_a_value_error():
+    with pytest.raises(ValueError, match="ctx buffer must be contiguous"):
+        shoal.parallel_reduce(4, read_sum, np.ones(8)[::2])
+    with pytest.raises(ValueError, match="ctx buffer must be contiguous"):
+        shoal.parallel_for(4, mark, np.zeros((4, 4), dtype=np.int64)[:, 1])
+
+
+def test_return_type_and_arity_mismatches():
+    out = np.zeros(10, dtype=np.int64)
+    with pytest.raises(TypeError, match="signature"):
+        shoal.parallel_reduce(10, mark, out, dtype="int64")  # a void kernel cannot reduce
+    with pytest.raises(TypeError, match="signature"):
+        shoal.parallel_reduce(10, mark, out)
+    with pytest.raises(TypeError, match="signature"):
+        shoal.parallel_for(10, count_i64)  # returns a value: not a for-kernel
+    two_args = ctypes.CFUNCTYPE(ctypes.c_double, ctypes.c_int64, ctypes.c_int64)(lambda b, e: 0.0)
+    with pytest.raises(TypeError, match="expected"):
+        shoal.parallel_reduce(10, two_args)
+    void_ct = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)(lambda b, e, c: None)
+    with pytest.raises(TypeError, match="returns None"):
+        shoal.parallel_reduce(10, void_ct)
+    f32 = ctypes.CFUNCTYPE(ctypes.c_float, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)(
+        lambda b, e, c: 0.0)
+    with pytest.raises(TypeError, match="returns c_float"):
+        shoal.parallel_reduce(10, f32)
+    dbl_for = ctypes.CFUNCTYPE(ctypes.c_double, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)(
+        lambda b, e, c: 0.0)
+    with pytest.raises(TypeError, match="returns c_double"):
+        shoal.parallel_for(10, dbl_for)
+    i32_end = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p)(lambda b, e, c: None)
+    with pytest.raises(TypeError, match="c_int"):
+        shoal.parallel_for(10, i32_end)
+
+
+def test_plain_arguments_are_checked_before_the_kernel_and_ctx():
+    # A typed-pointer kernel with no ctx: the bad scalar is still the error named.
+    with pytest.raises(ValueError, match="threads"):
+        shoal.parallel_reduce(10, read_sum, threads=-1)
+    with pytest.raises(ValueError, match="grain"):
+        shoal.parallel_reduce(10, read_sum, grain=0)
+    with pytest.raises(TypeError, match="threads must be an int"):
+        shoal.parallel_for(10, mark, threads=2.0)
+
+
+def test_char_pointer_kernel_needs_a_buffer_of_any_kind():
+    proto = ctypes.CFUNCTYPE(ctypes.c_double, ctypes.c_int64, ctypes.c_int64, ctypes.c_char_p)
+    first_byte = proto(lambda b, e, p: float(p[0]) if p else -1.0)
+    with pytest.raises(TypeError, match=r"ctx is None.*char\*"):
+        shoal.parallel_reduce(1, first_byte)
+    assert shoal.parallel_reduce(1, first_byte, b"\x07") == 7.0
+    assert shoal.parallel_reduce(1, first_byte, np.array([9], dtype=np.int64)) == 9.0
