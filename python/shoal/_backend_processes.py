@@ -427,10 +427,10 @@ class _Engine:
         self.workers = workers
         self.retries = retries
         self.max_tasks = max_tasks_per_worker
+        self.caps = self._thread_caps()  # first: its warning may be an error (-W error)
         self.chan = _core.PoolChannel.create(workers, ring_bytes)
         self.slots = [_Slot(i, max_tasks_per_worker) for i in range(workers)]
         self.budgeted = max_tasks_per_worker is not None  # slots count tasks down
-        self.caps = self._thread_caps()
         self.init_data = None
         self.init_payload = None
         if initializer is not None:
