@@ -1,7 +1,8 @@
 """Lambdas, closures and functions defined right here in __main__ run in
 shoal's worker processes -- and no ``if __name__ == "__main__":`` guard is
-needed: workers are fresh interpreters that never re-run this script; what
-they need travels by value (cloudpickle, cached per function).
+needed: workers are forked from this process (fresh interpreters where a
+fork is not safe) and never re-run this script; what they need travels by
+value (cloudpickle, cached per function).
 
     python examples/lambdas_and_closures.py
 """

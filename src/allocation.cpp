@@ -547,7 +547,16 @@ class Detector {
       return std::nullopt;
     };
 
-    if (s.cpus_per_task) {
+    // The batch script runs in the job's batch step, not in an srun task: its
+    // cgroup holds every CPU the job has on this node (SLURM_CPUS_ON_NODE), and
+    // SLURM_CPUS_PER_TASK sizes the tasks that srun would start.
+    const bool batch_step = s.in_job && !s.in_step;
+    if (batch_step && s.cpus_on_node) {
+      std::string why = "SLURM_CPUS_ON_NODE=" + std::to_string(*s.cpus_on_node) + " (the batch step";
+      if (s.cpus_per_task)
+        why += ", not an srun task: SLURM_CPUS_PER_TASK=" + std::to_string(*s.cpus_per_task) + " sizes srun's tasks";
+      add("SLURM (batch step)", why + ")", *s.cpus_on_node);
+    } else if (s.cpus_per_task) {
       add("SLURM_CPUS_PER_TASK", "SLURM_CPUS_PER_TASK=" + std::to_string(*s.cpus_per_task), *s.cpus_per_task);
     } else if (s.in_job) {
       // Without --cpus-per-task SLURM says only what the node holds for the job;
@@ -702,11 +711,18 @@ class Detector {
                               " threads, more than the node's " + std::to_string(node_wide) + " CPUs" +
                               (a_.cgroup_cpuset.empty() ? "" : " (cgroup cpuset)"));
     }
-    if (a_.slurm.in_job && !a_.slurm.in_step && a_.mpi.launcher.empty() && a_.slurm.ntasks && *a_.slurm.ntasks > 1)
-      a_.warnings.push_back("SLURM_NTASKS=" + std::to_string(*a_.slurm.ntasks) +
-                            " but this process was not started by srun or an MPI launcher: the CPUs of the other " +
-                            (*a_.slurm.ntasks == 2 ? std::string("task") : std::to_string(*a_.slurm.ntasks - 1) + " tasks") +
-                            " stay idle unless this script launches them (srun, mpirun)");
+    if (a_.slurm.in_job && !a_.slurm.in_step && a_.mpi.launcher.empty() && a_.slurm.ntasks && *a_.slurm.ntasks > 1) {
+      // A pool is one task with many CPUs: say how to ask SLURM for that.
+      const SlurmInfo& s = a_.slurm;
+      const long long asked = s.cpus_per_task ? static_cast<long long>(*s.ntasks) * *s.cpus_per_task : *s.ntasks;
+      a_.warnings.push_back("SLURM_NTASKS=" + std::to_string(*s.ntasks) +
+                            " but this process was not started by srun or an MPI launcher: it is one process in the batch "
+                            "step, and what the other " +
+                            (*s.ntasks == 2 ? std::string("task") : std::to_string(*s.ntasks - 1) + " tasks") +
+                            " got on other nodes stays idle unless this script launches them (srun, mpirun); "
+                            "for one shoal.Pool, submit with --ntasks=1 --cpus-per-task=N instead (N=" +
+                            std::to_string(asked) + " asks for as many CPUs, on one node)");
+    }
   }
 
   // Smallest limit. Sources are added from the most general (affinity) to the

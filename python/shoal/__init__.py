@@ -25,6 +25,7 @@ _LAZY = {
     "WorkerLost": "._errors",
     "Allocation": ".allocation",
     "default_workers": ".allocation",
+    "OversubscriptionWarning": ".allocation",
     "Pool": ".pool",
     "Executor": ".pool",
     "parallel_for": ".parallel",

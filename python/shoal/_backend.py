@@ -21,6 +21,9 @@ class Backend(abc.ABC):
 
     #: registered name, e.g. "processes"
     name: str = ""
+    #: whether each worker keeps a CPU busy (processes, MPI ranks): then more
+    #: workers than CPUs is oversubscription, and create() warns about it.
+    workers_use_cpus: bool = True
 
     def __init__(self, workers: int, *, initializer: Callable | None = None,
                  initargs: tuple = (), max_tasks_per_worker: int | None = None,
@@ -96,21 +99,37 @@ def register(cls: type[Backend]) -> type[Backend]:
     return cls
 
 
+# Built-in backends, imported on first use: the threads backend must not pay
+# for the process engine.
+_BUILTIN = {"processes": "._backend_processes", "threads": "._backend_threads"}
+
+
+def available() -> list[str]:
+    """Every backend name create() accepts: the built-in ones (loaded or not)
+    and those registered since."""
+    return sorted(set(_BUILTIN) | set(_REGISTRY))
+
+
 def create(name: str, workers: int, **options: Any) -> Backend:
+    """A running backend ``name`` with ``workers`` workers. Both front ends
+    (Pool, Executor) come through here, so the checks they share live here."""
     _load_builtin(name)
     try:
         cls = _REGISTRY[name]
     except KeyError:
         raise ValueError(
-            f"unknown backend {name!r}; available: {', '.join(sorted(_REGISTRY)) or 'none'}"
+            f"unknown backend {name!r}; the backends are: {', '.join(map(repr, available()))}"
         ) from None
+    if cls.workers_use_cpus and isinstance(workers, int) and not isinstance(workers, bool):
+        from .allocation import warn_if_oversubscribed
+
+        warn_if_oversubscribed(workers)
     return cls(workers, **options)
 
 
 def _load_builtin(name: str) -> None:
-    # Import lazily: the threads backend must not pay for the process engine.
     import importlib
 
-    module = {"processes": "._backend_processes", "threads": "._backend_threads"}.get(name)
+    module = _BUILTIN.get(name)
     if module is not None and name not in _REGISTRY:
         importlib.import_module(module, __package__)

@@ -436,10 +436,10 @@ class _Engine:
         self.workers = workers
         self.retries = retries
         self.max_tasks = max_tasks_per_worker
+        self.caps = self._thread_caps()  # first: its warning may be an error (-W error)
         self.chan = _core.PoolChannel.create(workers, ring_bytes)
         self.slots = [_Slot(i, max_tasks_per_worker) for i in range(workers)]
         self.budgeted = max_tasks_per_worker is not None  # slots count tasks down
-        self.caps = self._thread_caps()
         self.init_data = None
         self.init_payload = None
         if initializer is not None:
@@ -532,10 +532,15 @@ class _Engine:
 
     # ------------------------------------------------------------ workers
     def _thread_caps(self) -> dict:
-        threads = str(max(1, len(os.sched_getaffinity(0)) // self.workers))
-        return {var: threads for var in (
-            "SHOAL_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-            "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMBA_NUM_THREADS")}
+        """The variables each worker gets: library threads = allocation CPUs //
+        workers (the count default_workers() uses: SLURM, cgroup quota), for
+        each library whose count the user did not set; a count the user set
+        is left as it is, with one warning if it oversubscribes."""
+        from .allocation import thread_caps, warn_thread_caps
+
+        caps = thread_caps(self.workers)
+        warn_thread_caps(caps)
+        return caps.env
 
     def _fork_child(self, body: Callable[[set], int]) -> int:
         """Forks a child that runs body(signal mask to restore) and exits with
@@ -656,7 +661,7 @@ class _Engine:
 
     def _worker_env(self) -> list[str]:
         env = dict(os.environ)
-        env.update(self._thread_caps())
+        env.update(self.caps)
         # The worker must import this very shoal, wherever it was imported from.
         pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = os.pathsep.join([pkg_parent] + [p for p in

@@ -20,6 +20,27 @@ Semantics follow ``concurrent.futures.ThreadPoolExecutor``: exceptions
 initializer runs once on each thread as it starts and a failing initializer
 breaks the pool (``shoal.BrokenPool``); shutdown(wait, cancel_futures) as in
 concurrent.futures; at interpreter exit, queued and running tasks finish first.
+
+Library threads: ``workers`` threads each calling a BLAS that runs its own
+threads would run workers x threads on the CPUs, so the pool caps them at
+CPUs // workers (the allocation's CPUs, as default_workers() counts them),
+as the processes backend does in each worker. All threads share one process,
+so the cap has two scopes:
+
+- OpenMP runtimes keep the thread count per calling thread
+  (``omp_set_num_threads`` sets the caller's ICV): each pool thread caps its
+  own as it starts; the driver's thread and other pools are not touched.
+- BLAS libraries (OpenBLAS, MKL, BLIS) keep one process-wide count: it is
+  capped while the pool is alive, to the smallest cap of the live pools, and
+  the original counts come back when the last of them shuts down. The
+  driver's own BLAS calls run under the cap meanwhile.
+
+Only libraries already loaded when the pool starts (or, for OpenMP, when a
+pool thread starts) are capped, through threadpoolctl, and only if numpy,
+scipy, torch or sklearn is imported (importing threadpoolctl costs 20 ms).
+The environment is not changed: it is the whole process's. A count the user
+set (OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, ...) is kept, with one warning if
+it oversubscribes (allocation.thread_caps).
 """
 
 from __future__ import annotations
@@ -99,12 +120,84 @@ class _Watchdog:
 
 _watchdog = _Watchdog()
 
+_NATIVE_USERS = ("numpy", "scipy", "torch", "sklearn")
+
+
+def _controller():
+    """threadpoolctl's view of the loaded libraries, or None where no library
+    that runs a thread pool can be loaded yet (or threadpoolctl is missing)."""
+    import sys
+
+    if not any(m in sys.modules for m in _NATIVE_USERS):
+        return None
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    return ThreadpoolController()
+
+
+class _BlasCap:
+    """The process-wide BLAS cap while threads-backend pools are alive: the
+    smallest of their caps; the counts from before the first come back after
+    the last one (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._caps: list = []      # ThreadCaps of the live pools that cap
+        self._saved: list = []     # (library controller, its count before the first pool)
+
+    def acquire(self, caps: Any) -> None:
+        with self._lock:
+            if not self._caps:
+                ctl = _controller()
+                self._saved = [] if ctl is None else [
+                    (lib, lib.num_threads) for lib in ctl.lib_controllers if lib.user_api == "blas"]
+            self._caps.append(caps)
+            self._apply()
+
+    def release(self, caps: Any) -> None:
+        with self._lock:
+            if caps not in self._caps:
+                return
+            self._caps.remove(caps)
+            self._apply()
+            if not self._caps:
+                self._saved = []
+
+    def _apply(self) -> None:
+        from .allocation import library_variable
+
+        for lib, original in self._saved:
+            var = library_variable(lib.user_api, lib.internal_api)
+            limits = [n for n in (c.imposed(var) for c in self._caps) if n is not None]
+            target = min(limits + ([original] if original else [])) if limits else original
+            if target:
+                lib.set_num_threads(target)
+
+
+_blas_cap = _BlasCap()
+
+
+def _cap_openmp_here(caps: Any) -> None:
+    """Caps the OpenMP runtimes loaded now, for the calling thread only."""
+    ctl = _controller()
+    if ctl is None:
+        return
+    n = caps.imposed("OMP_NUM_THREADS")
+    if n is None:
+        return
+    for lib in ctl.lib_controllers:
+        if lib.user_api == "openmp":
+            lib.set_num_threads(n)
+
 
 class _State:
     """What the worker threads share with the backend. Workers hold this, not
     the backend, so a forgotten backend can still be garbage-collected."""
 
-    def __init__(self, initializer: Callable | None, initargs: tuple) -> None:
+    def __init__(self, initializer: Callable | None, initargs: tuple, caps: Any = None) -> None:
+        self.caps = caps  # allocation.ThreadCaps: library threads per pool thread
         self.lock = threading.Lock()
         self.pending: set[_WorkItem] = set()   # submitted, not started (guarded by lock)
         self.running: set[_WorkItem] = set()   # started, not finished (guarded by lock)
@@ -115,6 +208,11 @@ class _State:
 
     def on_thread_start(self, index: int) -> None:
         self.local.worker = True
+        if self.caps is not None:
+            try:
+                _cap_openmp_here(self.caps)
+            except Exception:  # noqa: BLE001 - capping is best effort
+                pass
         if self.initializer is None:
             return
         try:
@@ -230,6 +328,9 @@ class ThreadBackend(Backend):
     thread keeps running the function (Python threads cannot be killed)."""
 
     name = "threads"
+    # Threads waiting on I/O leave their CPU free: more threads than CPUs is
+    # what this backend is for, not oversubscription (no warning).
+    workers_use_cpus = False
 
     def __init__(self, workers: int, **options: Any) -> None:
         super().__init__(workers, **options)
@@ -238,8 +339,16 @@ class ThreadBackend(Backend):
         if self.initializer is not None and not callable(self.initializer):
             raise TypeError("initializer must be callable")
         from . import _core
+        from .allocation import thread_caps, warn_thread_caps
 
-        self._state = _State(self.initializer, tuple(self.initargs))
+        caps = thread_caps(workers)
+        warn_thread_caps(caps)
+        self._caps = caps
+        try:
+            _blas_cap.acquire(caps)
+        except Exception:  # noqa: BLE001 - capping is best effort
+            self._caps = None
+        self._state = _State(self.initializer, tuple(self.initargs), caps)
         self._lock = threading.Lock()
         self._shutdown = False
         self._joined = False
@@ -284,6 +393,12 @@ class ThreadBackend(Backend):
                                    "would wait for itself")
             self._pool.join()  # GIL released inside: workers finish their Python tasks
             self._joined = True
+        self._release_caps()  # tasks still running after wait=False run uncapped
+
+    def _release_caps(self) -> None:
+        caps, self._caps = self._caps, None
+        if caps is not None:
+            _blas_cap.release(caps)
 
     def terminate(self) -> None:
         """Cancel queued tasks and fail the Futures of running ones with
@@ -298,3 +413,5 @@ class ThreadBackend(Backend):
         pool = getattr(self, "_pool", None)
         if pool is not None:
             pool.stop()
+        if getattr(self, "_caps", None) is not None:
+            self._release_caps()

@@ -313,20 +313,29 @@ def _cap_native_threads() -> None:
     # worker start, so only when a BLAS/OpenMP user is there).
     # A worker forked from a numpy driver has OpenBLAS loaded and nothing else
     # of the kind: its C API caps it in microseconds.
-    n = os.environ.get("SHOAL_NUM_THREADS")
-    if not n or not any(m in sys.modules for m in ("numpy", "scipy", "torch", "sklearn")):
+    # Each library gets the count its own variables give in this worker's env:
+    # the driver's thread_caps() for those the user left alone, the user's own
+    # otherwise (allocation.thread_caps).
+    if "SHOAL_NUM_THREADS" not in os.environ or \
+            not any(m in sys.modules for m in ("numpy", "scipy", "torch", "sklearn")):
         return
+    from .allocation import library_threads, library_variable
+
     try:
         from . import _openblas
 
-        if _openblas.cap(int(n)):
+        n = library_threads("OPENBLAS_NUM_THREADS")
+        if n is not None and _openblas.cap(n):
             return
     except Exception:  # noqa: BLE001 - threadpoolctl below, then
         pass
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import ThreadpoolController
 
-        threadpool_limits(int(n))
+        for lib in ThreadpoolController().lib_controllers:
+            n = library_threads(library_variable(lib.user_api, lib.internal_api))
+            if n is not None:
+                lib.set_num_threads(n)
     except Exception:  # noqa: BLE001 - capping is best effort
         pass
 

@@ -98,6 +98,37 @@ def _physical_memory() -> int:
         return 0
 
 
+def _memory(alloc: Allocation, topo: Topology) -> dict[str, Any]:
+    """Every memory figure, and the one that limits this job: the smallest of
+    the cgroup/SLURM limit (libshoal keeps the smaller of those two) and the
+    physical RAM."""
+    physical = _physical_memory()
+    limit = alloc.memory_limit_bytes
+    if limit and (not physical or limit < physical):
+        usable, limited_by = limit, alloc.memory_limit_source
+    else:
+        usable, limited_by = physical, "physical RAM (sysconf)"
+    return {
+        "physical_bytes": physical,
+        "numa_bytes": topo.total_memory_bytes,
+        "limit_bytes": limit,
+        "limit_source": alloc.memory_limit_source,
+        "usable_bytes": usable,
+        "limited_by": limited_by,
+    }
+
+
+def _memory_line(mem: dict[str, Any]) -> str:
+    text = f"{_bytes(mem['usable_bytes'])}, limited by {mem['limited_by']}"
+    if mem["limit_bytes"] and mem["limited_by"] != mem["limit_source"]:
+        text += f"; {mem['limit_source']} ({_bytes(mem['limit_bytes'])}) is larger"
+    elif mem["limit_bytes"]:
+        text += f"; physical RAM {_bytes(mem['physical_bytes'])}"
+    else:
+        text += "; no cgroup (memory.max, memory.limit_in_bytes) or SLURM_MEM_* limit"
+    return text
+
+
 def report() -> dict[str, Any]:
     """The full report as a JSON-ready dict (what ``shoal info --json`` prints)."""
     from . import __version__
@@ -116,12 +147,7 @@ def report() -> dict[str, Any]:
         "os_cpu_count": cpu_count,
         "allocation": alloc.to_dict(),
         "topology": topo.to_dict(),
-        "memory": {
-            "physical_bytes": _physical_memory(),
-            "numa_bytes": topo.total_memory_bytes,
-            "limit_bytes": alloc.memory_limit_bytes,
-            "limit_source": alloc.memory_limit_source,
-        },
+        "memory": _memory(alloc, topo),
         "thread_libraries": libs,
         "thread_variables": {k: os.environ[k] for k in THREAD_VARIABLES if k in os.environ},
         "warnings": list(alloc.warnings) + advice(alloc, libs, cpu_count),
@@ -179,12 +205,12 @@ def _text(r: dict[str, Any]) -> str:
                  + (f" {a['cgroup_path']}" if a["cgroup_path"] else "")
                  + (f", quota {quota:g} CPUs" if quota is not None else ", no CPU quota"))
     mem = r["memory"]
-    lines.append("  memory limit              "
-                 + (f"{_bytes(mem['limit_bytes'])}   ({mem['limit_source']})" if mem["limit_bytes"]
-                    else "none found (cgroup memory.max / memory.limit_in_bytes, SLURM_MEM_*)"))
+    lines.append(f"  memory this job may use   {_memory_line(mem)}")
     s = a["slurm"]
     if s["in_job"] or s["cpus_per_task"]:
         fields = [f"job {s['job_id']}" if s["job_id"] else "no SLURM_JOB_ID"]
+        if s["in_job"]:
+            fields.append("in an srun step" if s["in_step"] else "in the batch step (not under srun)")
         for key in ("cpus_per_task", "cpus_on_node", "ntasks", "job_num_nodes"):
             if s[key] is not None:
                 fields.append(f"{key}={s[key]}")

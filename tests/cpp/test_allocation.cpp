@@ -233,7 +233,23 @@ TEST(AllocationSlurm, BadJobCpusPerNodeWarns) {
 TEST(AllocationSlurm, CpusOnNodeWithoutCpusPerTask) {
   auto a = detect("no_cgroup", {{"SLURM_JOB_ID", "9"}, {"SLURM_CPUS_ON_NODE", "6"}});
   EXPECT_EQ(a.cpus, 6);
-  EXPECT_EQ(a.cpus_source, "SLURM_CPUS_ON_NODE=6");
+  EXPECT_EQ(a.cpus_source, "SLURM_CPUS_ON_NODE=6 (the batch step)");
+}
+
+// sbatch --ntasks=4 --cpus-per-task=1: the batch script may use the job's 4 CPUs
+// on this node; SLURM_CPUS_PER_TASK=1 is the size of the tasks srun would start.
+TEST(AllocationSlurm, BatchStepFollowsCpusOnNodeNotCpusPerTask) {
+  auto a = detect("no_cgroup", {{"SLURM_JOB_ID", "9"}, {"SLURM_CPUS_PER_TASK", "1"}, {"SLURM_CPUS_ON_NODE", "4"},
+                                {"SLURM_NTASKS", "4"}});
+  EXPECT_EQ(a.cpus, 4);
+  EXPECT_EQ(a.cpus_source,
+            "SLURM_CPUS_ON_NODE=4 (the batch step, not an srun task: SLURM_CPUS_PER_TASK=1 sizes srun's tasks)");
+  EXPECT_TRUE(warned(a, {"not started by srun", "--ntasks=1 --cpus-per-task=N", "N=4"})) << all_warnings(a);
+  // The same variables in an srun step: one task, one CPU.
+  auto step = detect("no_cgroup", {{"SLURM_JOB_ID", "9"}, {"SLURM_STEP_ID", "0"}, {"SLURM_CPUS_PER_TASK", "1"},
+                                   {"SLURM_CPUS_ON_NODE", "4"}, {"SLURM_NTASKS", "4"}});
+  EXPECT_EQ(step.cpus, 1);
+  EXPECT_EQ(step.cpus_source, "SLURM_CPUS_PER_TASK=1");
 }
 
 TEST(AllocationSlurm, SrunStepSharesNodeAmongLocalTasks) {

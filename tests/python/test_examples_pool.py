@@ -48,3 +48,30 @@ def test_lambdas_and_closures():
     assert lines["starmap"].strip() == "[9, 18, 27]"
     assert lines["instance"].strip() == "42"
     assert lines["executor"].strip() == str(sum(i * i for i in range(1000)))
+
+
+@pytest.mark.timeout(300)
+def test_sleep_threads():
+    out = run("sleep_threads.py")
+    assert out.splitlines()[0] == "[0, 1, 2, 3]"
+    assert out.splitlines()[1].startswith("Time spent:")
+
+
+def test_examples_use_only_the_public_api():
+    import ast
+
+    for name in sorted(os.listdir(EXAMPLES)):
+        if not name.endswith(".py"):
+            continue
+        with open(os.path.join(EXAMPLES, name)) as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("shoal"):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private and "._" not in "." + node.module, f"{name}: {ast.unparse(node)}"
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    assert not a.name.startswith("shoal._"), f"{name}: {ast.unparse(node)}"
+            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                    and node.value.id == "shoal":
+                assert not node.attr.startswith("_"), f"{name}: shoal.{node.attr}"

@@ -175,7 +175,8 @@ def test_slurm_memory_limit_reported():
     assert r["memory"]["limit_source"] == "SLURM_MEM_PER_NODE=1024 (MB)"
     assert r["memory"]["physical_bytes"] > 0
     out = shoal_cli("info", env=clean_env(SLURM_JOB_ID="3", SLURM_MEM_PER_NODE="1024"))
-    assert "memory limit              1 GiB   (SLURM_MEM_PER_NODE=1024 (MB))" in out.stdout
+    assert ("memory this job may use   1 GiB, limited by SLURM_MEM_PER_NODE=1024 (MB); physical RAM"
+            in out.stdout)
 
 
 def test_advice_names_each_librarys_variable():
@@ -193,3 +194,45 @@ def test_advice_names_each_librarys_variable():
     assert "openmp (openmp) will run 4 threads but this process may use 2 CPUs" in text
     assert "OMP_NUM_THREADS=2" in text
     assert "2 workers each calling it would run 4 threads" in text and "MKL_NUM_THREADS=1" in text
+
+
+def test_batch_step_follows_cpus_on_node_and_says_so():
+    # sbatch --ntasks=N --cpus-per-task=1: the batch script is no srun task; it
+    # may use the job's CPUs on this node (SLURM_CPUS_ON_NODE), its cgroup and
+    # its affinity, not SLURM_CPUS_PER_TASK=1.
+    cpus = min(2, len(os.sched_getaffinity(0)))
+    slurm = dict(SLURM_JOB_ID="5", SLURM_NTASKS="4", SLURM_CPUS_PER_TASK="1",
+                 SLURM_CPUS_ON_NODE=str(cpus))
+    r = info_json(clean_env(**slurm))
+    assert r["cpus"] == r["default_workers"] == cpus
+    assert r["cpus_source"] == (f"SLURM_CPUS_ON_NODE={cpus} (the batch step, not an srun task: "
+                                "SLURM_CPUS_PER_TASK=1 sizes srun's tasks)")
+    text = shoal_cli("info", env=clean_env(**slurm)).stdout
+    assert "in the batch step (not under srun)" in text
+    # The same job's srun step: one CPU per task.
+    r = info_json(clean_env(**slurm, SLURM_STEP_ID="0"))
+    assert r["cpus"] == 1 and r["cpus_source"] == "SLURM_CPUS_PER_TASK=1"
+
+
+def test_ntasks_warning_gives_a_pool_user_the_fix():
+    r = info_json(clean_env(SLURM_JOB_ID="5", SLURM_NTASKS="4", SLURM_CPUS_PER_TASK="2",
+                            SLURM_CPUS_ON_NODE="1"))
+    assert ("for one shoal.Pool, submit with --ntasks=1 --cpus-per-task=N instead (N=8 asks for "
+            "as many CPUs, on one node)") in warnings_text(r)
+
+
+@pytest.mark.parametrize("slurm, limited_by", [
+    ({"SLURM_MEM_PER_NODE": "1024"}, "SLURM_MEM_PER_NODE=1024 (MB)"),
+    ({"SLURM_MEM_PER_CPU": "512", "SLURM_CPUS_ON_NODE": "1"},
+     "SLURM_MEM_PER_CPU=512 (MB) x SLURM_CPUS_ON_NODE=1"),
+    ({"SLURM_MEM_PER_NODE": str(1 << 40)}, "physical RAM (sysconf)"),  # 1 EiB: RAM is smaller
+])
+def test_memory_line_names_the_figure_that_limits(slurm, limited_by):
+    env = clean_env(SLURM_JOB_ID="3", **slurm)
+    mem = info_json(env)["memory"]
+    if mem["limit_source"].startswith("/sys/fs/cgroup") and limited_by.startswith("SLURM"):
+        pytest.skip("a cgroup memory limit here is smaller than the simulated SLURM one")
+    assert mem["limited_by"] == limited_by
+    assert mem["usable_bytes"] == min(b for b in (mem["limit_bytes"], mem["physical_bytes"]) if b)
+    out = shoal_cli("info", env=env).stdout
+    assert f"memory this job may use   " in out and f"limited by {limited_by}" in out
