@@ -65,6 +65,9 @@ FUNCTION_DEF, CALL, BATCH, RESULT, FAILURE, CONTROL = 1, 2, 3, 4, 5, 6
 INDIRECT = 1
 
 _PENDING = object()
+#: a finished Call's data: its pickled arguments are dropped with the task,
+#: not kept by the Future the caller holds (b"", not None: None marks a map item)
+_NO_DATA = b""
 _SCALARS = frozenset({int, float, bool, str, bytes, complex, type(None)})
 _pickle_dumps = pickle.dumps
 _pickle_loads = pickle.loads
@@ -124,6 +127,17 @@ class _Failed:
 
     def __init__(self, exc: BaseException) -> None:
         self.exc = exc
+
+
+def _raise_failed(failed: _Failed) -> None:
+    """Raises a map slot's exception, emptying the slot first: the raising
+    frames end up in the exception's traceback, and a local that still held
+    it would make a cycle that only the cyclic collector frees."""
+    exc, failed.exc = failed.exc, None
+    try:
+        raise exc
+    finally:
+        exc = None
 
 
 class _Task:
@@ -232,10 +246,19 @@ class ProcessFuture(Future, _Task):
             if not self._finished() and not self._engine.wait_until(self._finished, timeout):
                 raise TimeoutError()
             if self._state is not _FINISHED:
-                return super().result(timeout=0)  # cancelled: raises
+                try:
+                    Future.result(self, timeout=0)  # cancelled: raises
+                finally:
+                    self = None  # noqa: PLW0642 - see below
         if self._exception is None:
             return self._result  # set once, never changes afterwards
-        return super().result(timeout=0)
+        # This frame ends up in the traceback of the exception the future
+        # holds: `self = None` keeps the future out of a cycle that only the
+        # cyclic collector would free (CPython's Future.result does the same).
+        try:
+            return Future.result(self, timeout=0)
+        finally:
+            self = None  # noqa: PLW0642
 
     def add_done_callback(self, fn: Callable[[Future], Any]) -> None:
         with self._condition:
@@ -413,6 +436,26 @@ class _ForkServer:
                 pass
 
 
+class _StrongRef:
+    """weakref.ref's interface for a callable that cannot be weakly referenced
+    (a method descriptor, an operator.itemgetter ...): the cache keeps it."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __call__(self) -> Any:
+        return self.obj
+
+
+def _ident_ref(obj: Any) -> Any:
+    try:
+        return weakref.ref(obj)
+    except TypeError:
+        return _StrongRef(obj)
+
+
 class _Engine:
     """All state of one process pool. The backend object is a thin handle on
     it, so that dropping the handle (gc) can terminate the engine while the
@@ -428,6 +471,8 @@ class _Engine:
         self.retries = retries
         self.max_tasks = max_tasks_per_worker
         self.chan = _core.PoolChannel.create(workers, ring_bytes)
+        self.cancel_seg = self.cancel_map = None
+        self.cancel_mark = self._cancel_board()  # before the first worker is announced
         self.slots = [_Slot(i, max_tasks_per_worker) for i in range(workers)]
         self.budgeted = max_tasks_per_worker is not None  # slots count tasks down
         self.caps = self._thread_caps()
@@ -494,6 +539,9 @@ class _Engine:
         # (id(fn), chunked) -> (fn, fn_id, payload, name); insertion-ordered
         self.fns: OrderedDict[tuple, tuple] = OrderedDict()
         self.fn_data: dict[int, bytes] = {}                # fn_id -> data (for resends)
+        # evicted functions whose data tasks may still need: (first id
+        # after the eviction, fn_id, payload), oldest first (see _retire)
+        self.retired: deque[tuple] = deque()
         self.fn_names: dict[int, str] = {}                 # fn_id -> name, for messages
         self.short_fns: set[int] = set()  # fn_ids whose tasks ran short (AWAKE_TASK_NS)
         self.fn_keep: list = []                            # segments of huge FunctionDefs
@@ -685,10 +733,37 @@ class _Engine:
                                self.chan.fd)
         self._announce(s)
 
+    def _cancel_board(self) -> Any:
+        """The cancel mark: one int64 in a shared segment, written by the
+        driver (shutdown(cancel_futures=True): every task id up to it that
+        no worker has started is cancelled), read by each worker before it
+        starts a Call or a Batch frame (python/shoal/_worker.py:
+        Worker.handle), which sends back a Control frame instead of running
+        it. So tasks that wait on a worker's ring, or that the worker took
+        off the ring but has not started, are cancelled too, not only the
+        backlog's. A memoryview over a mmap of the segment's file: neither
+        side needs numpy for it. None (no mark: ring-queued tasks run) if
+        /dev/shm has no room for it."""
+        import mmap
+
+        try:
+            seg = self.core.SharedSegment.create(8)
+            fd = os.open("/dev/shm" + seg.name, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                self.cancel_map = mmap.mmap(fd, 8)
+            finally:
+                os.close(fd)
+        except Exception:  # noqa: BLE001 - ENOSPC and the like: the pool works without
+            return None
+        self.cancel_seg = seg
+        return memoryview(self.cancel_map).cast("q")
+
     def _announce(self, s: _Slot) -> None:
-        """The first frame a new worker reads: sys.path and the initializer."""
+        """The first frame a new worker reads: sys.path, the initializer and
+        the cancel mark's segment."""
         self.chan.set_pid(s.index, s.pid)
-        msg = {"sys_path": list(sys.path), "init": self.init_data}
+        msg = {"sys_path": list(sys.path), "init": self.init_data,
+               "cancel": None if self.cancel_seg is None else self.cancel_seg.name}
         self.chan.push_tasks(s.index, [(0, CONTROL, 0, _serialize.dumps(msg).data)])
 
     def worker_pids(self) -> list[int]:
@@ -707,10 +782,16 @@ class _Engine:
             key = (id(fn), chunked)
             ident = fn
         entry = self.fns.get(key)
-        if entry is not None and (entry[0] is ident or (
-                type(ident) is tuple and type(entry[0]) is tuple
-                and entry[0][0] is ident[0] and entry[0][1] is ident[1])):
-            return entry[1]  # eviction is FIFO: a re-pickle now and then is cheap
+        if entry is not None:
+            ref = entry[0]
+            if type(ref) is tuple:
+                if type(ident) is tuple and ref[0]() is ident[0] and ref[1]() is ident[1]:
+                    return entry[1]
+            elif ref() is ident:
+                return entry[1]  # eviction is FIFO: a re-pickle now and then is cheap
+            # A dead function's id, now another object's: its entry goes.
+            del self.fns[key]
+            self._retire(entry)
         if chunked:
             from ._mapping import run_chunk
 
@@ -719,7 +800,13 @@ class _Engine:
             obj = fn
         payload = _serialize.dumps(obj)  # may raise SerializationError: nothing changed yet
         fn_id = next(self.ids)
-        self.fns[key] = (ident, fn_id, payload)
+        # The cache names the function weakly: a closure, a partial or the
+        # object of a bound method is the caller's to drop (its pickle stays
+        # cached until the entry is evicted).
+        if type(ident) is tuple:
+            self.fns[key] = ((_ident_ref(ident[0]), _ident_ref(ident[1])), fn_id, payload)
+        else:
+            self.fns[key] = (_ident_ref(ident), fn_id, payload)
         self.fn_data[fn_id] = bytes(payload.data)
         names = self.fn_names
         names[fn_id] = _describe_fn(fn)
@@ -727,16 +814,30 @@ class _Engine:
             for old in list(itertools.islice(names, len(names) // 2)):
                 del names[old]
         if len(self.fns) > _FN_CACHE_SIZE:
-            _, (_, old_id, _) = self.fns.popitem(last=False)
-            self.fn_data.pop(old_id, None)
-            self.short_fns.discard(old_id)
-            # Workers forget it too (best effort: a full ring just keeps it).
-            forget = _serialize.dumps({"forget": [old_id]}).data
-            for s in self.slots:
-                if old_id in s.sent_fns:
-                    s.sent_fns.discard(old_id)
-                    self.chan.push_task(s.index, 0, CONTROL, 0, forget)
+            self._retire(self.fns.popitem(last=False)[1])
         return fn_id
+
+    def _retire(self, entry: tuple) -> None:
+        """An evicted function: workers forget it, submit() pickles it anew.
+        Its FunctionDef data stays while tasks submitted before now may still
+        need it (a backlogged task, one requeued after its worker died): until
+        the oldest task left is younger than this moment. Lock held."""
+        old_id = entry[1]
+        self.short_fns.discard(old_id)
+        # Workers forget it too (best effort: a full ring just keeps it).
+        forget = _serialize.dumps({"forget": [old_id]}).data
+        for s in self.slots:
+            if old_id in s.sent_fns:
+                s.sent_fns.discard(old_id)
+                self.chan.push_task(s.index, 0, CONTROL, 0, forget)
+        retired = self.retired
+        retired.append((next(self.ids), old_id, entry[2]))
+        oldest = next(iter(self.tasks), None)  # ids grow: the dict's first is the oldest
+        while retired and (oldest is None or retired[0][0] < oldest):
+            _, fn_id, _ = retired.popleft()
+            self.fn_data.pop(fn_id, None)
+            for s in self.slots:
+                s.sent_fns.discard(fn_id)  # resent since: the worker keeps a stale copy
 
     def _task_name(self, task: "_Task") -> str:
         if task.job is not None:
@@ -757,7 +858,7 @@ class _Engine:
             if self.broken is not None or self.closing:
                 self._check_open()
             entry = self.fns.get((id(fn), False))
-            if entry is not None and entry[0] is fn:
+            if entry is not None and entry[0]() is fn:
                 fn_id = entry[1]
             else:
                 if not callable(fn):
@@ -1231,7 +1332,8 @@ class _Engine:
                     nxt = end
                     for r in run:
                         if type(r) is _Failed:
-                            raise r.exc
+                            run = None
+                            _raise_failed(r)
                     if not exhausted and in_window() <= low:
                         refill()
                     # Lists for the caller to extend its result with: each
@@ -1249,7 +1351,7 @@ class _Engine:
                     nxt += 1
                     yielded += 1
                     if type(r) is _Failed:
-                        raise r.exc
+                        _raise_failed(r)
                     if not exhausted and len(results) - yielded < window // 2:
                         refill()
                     if chunks:
@@ -1269,7 +1371,7 @@ class _Engine:
                     results[i] = None
                     yielded += 1
                     if type(r) is _Failed:
-                        raise r.exc
+                        _raise_failed(r)
                     if not exhausted and len(results) - yielded < window // 2:
                         refill()
                     if flatten:
@@ -1494,6 +1596,7 @@ class _Engine:
         cond = self.future_cond
         with self.future_lock:
             for fut, value in futs:
+                fut.data = _NO_DATA  # the arguments' pickle: not needed any more
                 if fut._state is _RUNNING or fut._state is _F_PENDING:
                     fut._result = value
                     fut._state = _FINISHED
@@ -1510,6 +1613,8 @@ class _Engine:
         loads = _serialize.loads
         for task, kind, flags, data in done:
             task.keep = None  # the worker has loaded its arguments: free their segments
+            if task.job is None:
+                task.data = _NO_DATA
             if task.timeout_ns:
                 self.timed.discard(task.id)
             if kind == RESULT:
@@ -1539,8 +1644,28 @@ class _Engine:
                 except BaseException as e:  # noqa: BLE001
                     exc = e
                 self._deliver_exc(task, exc)
+            elif kind == CONTROL:  # skipped by its worker: past the cancel mark
+                self._cancel_queued(task)
             else:  # an exception made by the driver
                 self._deliver_exc(task, data)
+
+    def _cancel_queued(self, task: _Task) -> None:
+        """A task that its worker did not start because shutdown(cancel_futures=
+        True) cancelled it: its Future is cancelled although it was RUNNING
+        (on a ring), as if it had waited in the backlog."""
+        job = task.job
+        if job is not None:
+            job.store(task.index, _Failed(CancelledError("cancelled by shutdown")))
+            return
+        fut = task.future
+        with self.future_cond:
+            if fut._state is not _RUNNING and fut._state is not _F_PENDING:
+                return
+            fut._state = _CANCELLED_NOTIFIED
+            for waiter in fut._waiters:
+                waiter.add_cancelled(fut)
+            self.future_cond.notify_all()
+        fut._invoke_callbacks()
 
     def _deliver_exc(self, task: _Task, exc: BaseException) -> None:
         job = task.job
@@ -1644,6 +1769,7 @@ class _Engine:
                 del self.tasks[task.id]
                 self.timed.discard(task.id)
                 task.keep = None
+                task.data = _NO_DATA
 
     def cancel_running(self, fut: Future) -> bool:
         task = fut if getattr(fut, "_engine", None) is self else None
@@ -1694,6 +1820,10 @@ class _Engine:
         with self.lock:
             self.closing = True
             if cancel_futures:
+                if self.cancel_mark is not None:
+                    # Tasks on the rings (or taken, not started) up to here:
+                    # their workers skip them (see _cancel_board).
+                    self.cancel_mark[0] = next(self.ids)
                 for task in list(self.backlog):
                     if task.id in self.tasks:
                         self._fail(task, CancelledError("cancelled by shutdown"), done)
@@ -1748,11 +1878,16 @@ class _Engine:
         with self.lock:
             self.fns.clear()
             self.fn_data.clear()
+            self.retired.clear()
             self.fn_keep.clear()
             self.init_data = None
             self.init_payload = None
             for task in self.tasks.values():
                 task.keep = None
+            if self.cancel_mark is not None:
+                self.cancel_mark.release()
+                self.cancel_map.close()
+                self.cancel_mark = self.cancel_map = self.cancel_seg = None  # unlinks it
 
 
 #: Every live engine, so that a child forked from the driver can disown them.

@@ -168,10 +168,16 @@ class _WorkItem:
                 del exc  # break the frame <-> exception cycle
             else:
                 _settle(future.set_result, result)
+                result = None
         finally:
             with st.lock:
                 st.running.discard(self)
             self.fn = self.args = self.kwargs = None  # free them now, not with the Future
+            # This frame is in the traceback of an exception the Future now
+            # holds: its locals must not lead back to the Future (a cycle
+            # only the cyclic collector frees; concurrent.futures' _WorkItem
+            # sets self = None for the same reason).
+            self = future = st = None  # noqa: PLW0642
 
 
 _live: "weakref.WeakSet[ThreadBackend]" = weakref.WeakSet()

@@ -190,6 +190,50 @@ def test_shutdown_cancel_futures_cancels_pending_and_finishes_running(backend, t
         e.terminate()
 
 
+@pytest.mark.parametrize("how", ["submit", "map"])
+def test_shutdown_cancel_futures_leaves_at_most_one_queued_task_per_worker(backend, tmp_path,
+                                                                          how):
+    # concurrent.futures lets at most the call queue's few tasks run after
+    # shutdown(cancel_futures=True). Here: one blocked task per worker, many
+    # short ones queued behind them (on the workers' rings and in the
+    # backlog); every one not started is cancelled, so at most one running
+    # and one queued per worker ran.
+    workers = 2
+    e = shoal.Executor(workers, backend=backend)
+    try:
+        gates = [str(tmp_path / f"g{i}") for i in range(workers)]
+        blockers = [e.submit(h.gate, g, i) for i, g in enumerate(gates)]
+        for g in gates:
+            _started(g)
+        paths = [str(tmp_path / f"t{i}") for i in range(200)]
+        if how == "submit":
+            futs = [e.submit(h.touch, p) for p in paths]
+            it = None
+        else:
+            futs = []
+            it = e.map(h.touch, paths, chunksize=1)
+        e.shutdown(wait=False, cancel_futures=True)
+        for g in gates:
+            _open(g)
+        assert [b.result(timeout=60) for b in blockers] == list(range(workers))
+        done, not_done = cf.wait(futs, timeout=60)
+        assert not not_done
+        if it is not None:
+            with pytest.raises(cf.CancelledError):
+                list(it)
+        e.shutdown(wait=True)  # nothing still queued runs later either
+        touched = [p for p in paths if os.path.exists(p)]
+        assert workers + len(touched) <= 2 * workers, (
+            f"{len(touched)} queued tasks ran after shutdown(cancel_futures=True)")
+        for p, f in zip(paths, futs):
+            if os.path.exists(p):
+                assert f.result() == p
+            else:
+                assert f.cancelled(), "a task that did not run has a future not cancelled"
+    finally:
+        e.terminate()
+
+
 def test_shutdown_wait_blocks_until_everything_ran(backend):
     e = shoal.Executor(2, backend=backend)
     futs = [e.submit(h.sleep_return, 0.02, i) for i in range(10)]
@@ -589,6 +633,61 @@ def test_arguments_are_not_kept_alive_after_completion(ex):
     del obj, fut
     gc.collect()
     assert ref() is None, "the executor keeps a finished task's argument alive"
+
+
+@pytest.mark.parametrize("how", ["submit", "submit_error", "map", "map_error"])
+def test_finished_tasks_keep_nothing_alive_without_the_cyclic_collector(ex, how):
+    # After the caller drops a finished future (and the exception it caught),
+    # the argument (processes: the driver's own object; threads: the object
+    # itself), the function, the result, the exception and the future die at
+    # once, by reference counting: nothing in the executor keeps them, and no
+    # reference cycle (a traceback's frames leading back to the future) does.
+    import functools
+    import gc
+    import weakref
+
+    assert ex.submit(h.square, 2).result(timeout=60) == 4  # workers up
+    gc.disable()  # a collection during the test would hide a cycle
+    try:
+        arg, other = _Obj(), _Obj()
+        refs = {"argument": weakref.ref(arg)}
+        if how == "submit":
+            fn = functools.partial(h.identity)  # the caller's own function object
+            refs["function"] = weakref.ref(fn)
+            fut = ex.submit(fn, arg)
+            refs["future"] = weakref.ref(fut)
+            res = fut.result(timeout=60)
+            refs["result"] = weakref.ref(res)
+            del fut, res
+        elif how == "submit_error":
+            fn = functools.partial(h.raise_custom)
+            refs["function"] = weakref.ref(fn)
+            fut = ex.submit(fn, arg)
+            refs["future"] = weakref.ref(fut)
+            try:
+                fut.result(timeout=60)
+            except h.CustomError as exc:
+                refs["exception"] = weakref.ref(exc)
+            del fut
+        elif how == "map":
+            fn = functools.partial(h.identity)
+            refs["function"] = weakref.ref(fn)
+            out = list(ex.map(fn, [arg, other], timeout=60))
+            refs["result"] = weakref.ref(out[0])
+            del out
+        else:
+            fn = functools.partial(h.raise_custom)
+            refs["function"] = weakref.ref(fn)
+            try:  # one item: no other task of the map may still be running
+                list(ex.map(fn, [arg], timeout=60))
+            except h.CustomError as exc:
+                refs["exception"] = weakref.ref(exc)
+        assert "exception" in refs or "result" in refs
+        del arg, other, fn
+        alive = sorted(name for name, ref in refs.items() if ref() is not None)
+        assert not alive, f"still alive after the caller dropped them: {alive}"
+    finally:
+        gc.enable()
 
 
 def test_remote_traceback_is_attached_as_cause(ex):
