@@ -848,7 +848,11 @@ class _Engine:
         if self.broken is not None:
             raise BrokenPool(f"the process pool is broken: {self.broken}") from self.broken
         if self.closing:
-            raise RuntimeError("cannot schedule new tasks after shutdown")
+            # concurrent.futures' words (an atexit callback that submits gets
+            # the second: the exit hook below has shut every Executor down).
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown"
+                               if _interpreter_exiting else
+                               "cannot schedule new futures after shutdown")
 
     def submit(self, fn: Callable, args: tuple, kwargs: dict | None,
                timeout: float | None) -> Future:
@@ -1985,9 +1989,14 @@ def _finalize(engine: _Engine) -> None:
 # the interpreter exits (concurrent.futures semantics), unless it exits on an
 # uncaught Ctrl-C, which terminates them at once.
 _finish_at_exit: "weakref.WeakSet[ProcessBackend]" = weakref.WeakSet()
+#: set by _at_exit: interpreter shutdown has begun (concurrent.futures'
+#: _global_shutdown); Executors made after it accept no task
+_interpreter_exiting = False
 
 
 def _at_exit() -> None:
+    global _interpreter_exiting
+    _interpreter_exiting = True
     interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
     for backend in list(_finish_at_exit):
         try:
@@ -2071,6 +2080,12 @@ class ProcessBackend(Backend):
     def finish_at_exit(self) -> None:
         """Let submitted work finish at interpreter exit (Executor semantics);
         without this (Pool semantics) exit terminates the workers."""
+        if _interpreter_exiting:
+            # Made in an atexit callback: it accepts no task, as in
+            # concurrent.futures, and stops now (no hook would stop its
+            # threads any more: the interpreter aborted at exit).
+            self._engine.terminate()
+            return
         _finish_at_exit.add(self)
 
     @property

@@ -264,10 +264,10 @@ class ThreadBackend(Backend):
         with self._lock:
             if st.broken is not None:
                 raise BrokenPool(st.broken)
+            if _exiting:  # first: _at_exit has shut this pool down too
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            if _exiting:
-                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             item = _WorkItem(st, future, fn, tuple(args), dict(kwargs or {}), timeout)
             with st.lock:
                 st.pending.add(item)

@@ -242,6 +242,49 @@ def test_shutdown_wait_blocks_until_everything_ran(backend):
     assert [f.result() for f in futs] == list(range(10))
 
 
+def test_after_shutdown_the_error_is_concurrent_futures_own(ex):
+    ex.shutdown()
+    calls = [lambda: ex.submit(h.square, 1), lambda: ex.map(h.square, [1]),
+             lambda: ex.submit_with(h.square, (1,)), lambda: ex._backend.submit(h.square, (1,))]
+    for call in calls:
+        with pytest.raises(RuntimeError) as info:
+            call()
+        assert str(info.value) == "cannot schedule new futures after shutdown"
+
+
+ATEXIT_DRIVER = textwrap.dedent("""
+    import atexit, sys
+    sys.path.insert(0, {here!r})
+    import shoal, conformance_helpers as h
+
+    def late():
+        for name, make in [("kept", lambda: ex), ("new", lambda: shoal.Executor(1, backend={backend!r}))]:
+            try:
+                e = make()
+                e.submit(h.square, 3).result(timeout=30)
+                print(name, "ACCEPTED", flush=True)
+            except RuntimeError as exc:
+                print(name, "REFUSED", exc, flush=True)
+
+    atexit.register(late)
+    ex = shoal.Executor(1, backend={backend!r})
+    assert ex.submit(h.square, 2).result(timeout=30) == 4
+    print("LEAVING", flush=True)
+""")
+
+
+def test_submit_in_an_atexit_callback_is_refused_as_in_concurrent_futures(backend, tmp_path):
+    # concurrent.futures: RuntimeError('cannot schedule new futures after
+    # interpreter shutdown') once interpreter shutdown has begun.
+    script = tmp_path / "atexit_driver.py"
+    script.write_text(ATEXIT_DRIVER.format(here=HERE, backend=backend))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=90)
+    assert r.returncode == 0 and "LEAVING" in r.stdout, r.stdout + r.stderr
+    for name in ("kept", "new"):
+        assert f"{name} REFUSED cannot schedule new futures after interpreter shutdown\n" \
+            in r.stdout, r.stdout + r.stderr
+
+
 def test_submit_and_map_after_shutdown_raise_runtime_error(ex):
     ex.shutdown()
     with pytest.raises(RuntimeError):
@@ -527,6 +570,19 @@ def test_max_workers_zero_or_negative_is_a_value_error(backend, bad):
         shoal.Executor(max_workers=bad, backend=backend)
 
 
+@pytest.mark.parametrize("bad", [0, -1])
+def test_max_workers_error_and_attribute_match_concurrent_futures(backend, bad):
+    with pytest.raises(ValueError) as std:
+        cf.ThreadPoolExecutor(max_workers=bad)
+    with pytest.raises(ValueError) as ours:
+        shoal.Executor(max_workers=bad, backend=backend)
+    assert str(ours.value) == str(std.value) == "max_workers must be greater than 0"
+    with shoal.Executor(3, backend=backend) as e:
+        assert e._max_workers == 3  # dask (and others) read it
+    with shoal.Executor(backend=backend) as e:
+        assert e._max_workers == shoal.default_workers()
+
+
 def test_kwargs_named_fn_and_timeout_reach_the_function(ex):
     fut = ex.submit(h.echo_kwargs, 1, fn="f", timeout=2.5, chunksize=4, self="s")
     assert fut.result(timeout=60) == ((1,), {"fn": "f", "timeout": 2.5, "chunksize": 4,
@@ -688,6 +744,25 @@ def test_finished_tasks_keep_nothing_alive_without_the_cyclic_collector(ex, how)
         assert not alive, f"still alive after the caller dropped them: {alive}"
     finally:
         gc.enable()
+
+
+def test_many_throwaway_functions_queued_behind_a_blocked_worker(backend, tmp_path):
+    # A new function object per task, dropped by the caller at once (the
+    # executor may not keep it alive), more of them than any function cache
+    # holds, all waiting behind a blocked worker: each task still runs its own.
+    import functools
+
+    g = str(tmp_path / "g")
+    e = shoal.Executor(1, backend=backend)
+    try:
+        blocker = e.submit(h.gate, g, "b")
+        _started(g)
+        futs = [e.submit(functools.partial(h.add3, i, 0), 1) for i in range(300)]
+        _open(g)
+        assert blocker.result(timeout=60) == "b"
+        assert [f.result(timeout=60) for f in futs] == [i + 1 for i in range(300)]
+    finally:
+        e.terminate()
 
 
 def test_remote_traceback_is_attached_as_cause(ex):
