@@ -29,6 +29,11 @@ Data flow of one task (driver = the user's process)::
   queued tasks go back to the backlog untouched; a replacement starts on the
   same slot. The driver keeps every task until its result arrives.
 
+  shutdown(cancel_futures=True): the backlog's tasks are cancelled at once;
+  for those already on a ring (or taken, not started) the driver writes a
+  cancel mark that each worker reads before starting a frame (see
+  _Engine._cancel_board): it answers a Control frame instead of running it.
+
 Locking: self._lock guards every table (tasks, slots, backlog, fn cache) and
 the rings' single-producer/single-consumer roles on the driver side.
 Futures are completed outside it (their callbacks may submit).
@@ -734,23 +739,29 @@ class _Engine:
         self._announce(s)
 
     def _cancel_board(self) -> Any:
-        """The cancel mark: one int64 in a shared segment, written by the
-        driver (shutdown(cancel_futures=True): every task id up to it that
-        no worker has started is cancelled), read by each worker before it
-        starts a Call or a Batch frame (python/shoal/_worker.py:
-        Worker.handle), which sends back a Control frame instead of running
-        it. So tasks that wait on a worker's ring, or that the worker took
-        off the ring but has not started, are cancelled too, not only the
-        backlog's. A memoryview over a mmap of the segment's file: neither
-        side needs numpy for it. None (no mark: ring-queued tasks run) if
+        """The cancel mark: int64s in a shared segment that only the driver
+        writes, in shutdown(cancel_futures=True); each worker reads them
+        before it starts a Call or a Batch frame (python/shoal/_worker.py:
+        Worker.handle). [0]: every task id up to it is cancelled, except
+        [1 + slot]: the one task that slot's worker was to start next, which
+        still runs (as the call queue's tasks do in concurrent.futures: its
+        Future said running()). For a cancelled one the worker sends back a
+        Control frame instead of running it. So the tasks waiting on a
+        worker's ring, or taken off it but not started, are cancelled too,
+        not only the backlog's. [1 + slot] is written before [0], so a worker
+        that sees the new mark sees its exemption too (x86 keeps stores in
+        order; elsewhere a worker could miss it and cancel that task as
+        well). A memoryview over a mmap of the segment's file: neither side
+        needs numpy for it. None (no mark: ring-queued tasks run) if
         /dev/shm has no room for it."""
         import mmap
 
+        size = 8 * (1 + self.workers)
         try:
-            seg = self.core.SharedSegment.create(8)
+            seg = self.core.SharedSegment.create(size)
             fd = os.open("/dev/shm" + seg.name, os.O_RDWR | os.O_CLOEXEC)
             try:
-                self.cancel_map = mmap.mmap(fd, 8)
+                self.cancel_map = mmap.mmap(fd, size)
             finally:
                 os.close(fd)
         except Exception:  # noqa: BLE001 - ENOSPC and the like: the pool works without
@@ -1819,15 +1830,34 @@ class _Engine:
         self.timed.clear()
         self.closing = True
 
+    def _next_to_start(self, s: _Slot) -> int:
+        """The id of the task slot s's worker starts next (0: none known):
+        the one after its current task in s.tasks, which is in push order,
+        the order the worker runs them in; the first one if it runs none
+        (or one whose result was read already). Lock held. If the worker
+        moves on meanwhile, the task named here runs or has run, and every
+        later one is cancelled: never more than one queued task runs."""
+        current, _ = self.chan.slot_state(s.index)
+        it = iter(s.tasks)
+        if current in s.tasks:
+            for tid in it:
+                if tid == current:
+                    break
+        return next(it, 0)
+
     def shutdown(self, wait: bool, cancel_futures: bool) -> None:
         done: list = []
         with self.lock:
             self.closing = True
             if cancel_futures:
-                if self.cancel_mark is not None:
+                mark = self.cancel_mark
+                if mark is not None:
                     # Tasks on the rings (or taken, not started) up to here:
-                    # their workers skip them (see _cancel_board).
-                    self.cancel_mark[0] = next(self.ids)
+                    # their workers skip them, but for the next one each
+                    # (see _cancel_board).
+                    for s in self.slots:
+                        mark[1 + s.index] = self._next_to_start(s)
+                    mark[0] = next(self.ids)
                 for task in list(self.backlog):
                     if task.id in self.tasks:
                         self._fail(task, CancelledError("cancelled by shutdown"), done)

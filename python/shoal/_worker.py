@@ -67,7 +67,8 @@ def _open_cancel_mark(name: str):
     try:
         fd = os.open("/dev/shm" + name, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            return memoryview(mmap.mmap(fd, 8, prot=mmap.PROT_READ)).cast("q")
+            size = os.fstat(fd).st_size
+            return memoryview(mmap.mmap(fd, size, prot=mmap.PROT_READ)).cast("q")
         finally:
             os.close(fd)
     except (OSError, ValueError):
@@ -75,7 +76,8 @@ def _open_cancel_mark(name: str):
 
 
 class Worker:
-    #: tasks whose id is at most cancel_mark[0] are cancelled: not run
+    #: tasks whose id is at most cancel_mark[0] are cancelled (not run),
+    #: except the one named by cancel_mark[1 + slot]
     cancel_mark = (0,)
 
     def __init__(self, slot: int, driver: int, fd: int = 3) -> None:
@@ -186,13 +188,19 @@ class Worker:
         chan.set_current(slot, 0)
         self.done += len(ids)
 
+    def cancelled(self, task_id: int) -> bool:
+        """task_id is at most the cancel mark: whether it is not the one task
+        the driver let through."""
+        mark = self.cancel_mark
+        return len(mark) <= 1 + self.slot or mark[1 + self.slot] != task_id
+
     def skip(self, task_id: int) -> None:
         """Tells the driver that a cancelled task was not started."""
         self.chan.push_result(self.slot, task_id, CONTROL, 0, b"cancelled")
         self.done += 1
 
     def handle(self, task_id: int, kind: int, flags: int, data: bytes) -> None:
-        if kind == CALL and task_id <= self.cancel_mark[0]:
+        if kind == CALL and task_id <= self.cancel_mark[0] and self.cancelled(task_id):
             self.skip(task_id)
             return
         if flags & INDIRECT:
@@ -218,6 +226,11 @@ class Worker:
                     self.send_failure(tid, exc, f"task {tid} could not be loaded in the worker")
                 return
             if ids[0] <= self.cancel_mark[0]:
+                # Cancelled: at most its first task runs, if the driver let
+                # it through (one task per worker, not a frame of them).
+                if not self.cancelled(ids[0]):
+                    self.run_batch(fn, ids[:1], items[:1])
+                    ids = ids[1:]
                 for tid in ids:
                     self.skip(tid)
                 return
