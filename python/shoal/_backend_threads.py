@@ -283,7 +283,11 @@ class ThreadBackend(Backend):
             with st.lock:
                 items = list(st.pending)
             for item in items:  # outside the locks: cancel() runs done-callbacks
-                item.future.cancel()
+                if item.future.cancel():
+                    # It stays in the C++ queue until a thread skips it: free
+                    # what it would have run now (concurrent.futures drops its
+                    # work items from the queue). run() never reads them now.
+                    item.fn = item.args = item.kwargs = None
         if wait:
             if getattr(st.local, "worker", False):
                 raise RuntimeError("shutdown(wait=True) from one of the pool's own threads "

@@ -746,6 +746,38 @@ def test_finished_tasks_keep_nothing_alive_without_the_cyclic_collector(ex, how)
         gc.enable()
 
 
+def test_tasks_cancelled_by_shutdown_keep_nothing_alive(backend, tmp_path):
+    # The arguments of tasks that shutdown(cancel_futures=True) cancelled die
+    # at once, while the pool's worker is still busy (threads: the queue's
+    # items used to keep them until a thread reached them).
+    import gc
+    import weakref
+
+    g = str(tmp_path / "g")
+    e = shoal.Executor(1, backend=backend)
+    gc.disable()
+    try:
+        blocker = e.submit(h.gate, g, "b")
+        _started(g)
+        objs = [_Obj() for _ in range(30)]  # more than a worker's ring holds
+        refs = [weakref.ref(o) for o in objs]
+        futs = [e.submit(h.identity, o) for o in objs]
+        e.shutdown(wait=False, cancel_futures=True)
+        cancelled = [i for i, f in enumerate(futs) if f.cancelled()]
+        assert cancelled
+        del objs
+        alive = [i for i in cancelled if refs[i]() is not None]
+        assert not alive, f"the arguments of cancelled tasks {alive} are still alive"
+        _open(g)
+        assert blocker.result(timeout=60) == "b"
+        cf.wait(futs, timeout=60)
+        alive = [i for i, f in enumerate(futs) if f.cancelled() and refs[i]() is not None]
+        assert not alive, f"the arguments of cancelled tasks {alive} are still alive"
+    finally:
+        gc.enable()
+        e.terminate()
+
+
 def test_many_throwaway_functions_queued_behind_a_blocked_worker(backend, tmp_path):
     # A new function object per task, dropped by the caller at once (the
     # executor may not keep it alive), more of them than any function cache
