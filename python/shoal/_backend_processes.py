@@ -2112,8 +2112,8 @@ class ProcessBackend(Backend):
         without this (Pool semantics) exit terminates the workers."""
         if _interpreter_exiting:
             # Made in an atexit callback: it accepts no task, as in
-            # concurrent.futures, and stops now (no hook would stop its
-            # threads any more: the interpreter aborted at exit).
+            # concurrent.futures, and stops now (no exit hook would stop it
+            # any more: its workers and threads outlived the interpreter's end).
             self._engine.terminate()
             return
         _finish_at_exit.add(self)
