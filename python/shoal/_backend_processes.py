@@ -29,6 +29,11 @@ Data flow of one task (driver = the user's process)::
   queued tasks go back to the backlog untouched; a replacement starts on the
   same slot. The driver keeps every task until its result arrives.
 
+  shutdown(cancel_futures=True): the backlog's tasks are cancelled at once;
+  for those already on a ring (or taken, not started) the driver writes a
+  cancel mark that each worker reads before starting a frame (see
+  _Engine._cancel_board): it answers a Control frame instead of running it.
+
 Locking: self._lock guards every table (tasks, slots, backlog, fn cache) and
 the rings' single-producer/single-consumer roles on the driver side.
 Futures are completed outside it (their callbacks may submit).
@@ -65,6 +70,9 @@ FUNCTION_DEF, CALL, BATCH, RESULT, FAILURE, CONTROL = 1, 2, 3, 4, 5, 6
 INDIRECT = 1
 
 _PENDING = object()
+#: a finished Call's data: its pickled arguments are dropped with the task,
+#: not kept by the Future the caller holds (b"", not None: None marks a map item)
+_NO_DATA = b""
 _SCALARS = frozenset({int, float, bool, str, bytes, complex, type(None)})
 _pickle_dumps = pickle.dumps
 _pickle_loads = pickle.loads
@@ -124,6 +132,17 @@ class _Failed:
 
     def __init__(self, exc: BaseException) -> None:
         self.exc = exc
+
+
+def _raise_failed(failed: _Failed) -> None:
+    """Raises a map slot's exception, emptying the slot first: the raising
+    frames end up in the exception's traceback, and a local that still held
+    it would make a cycle that only the cyclic collector frees."""
+    exc, failed.exc = failed.exc, None
+    try:
+        raise exc
+    finally:
+        exc = None
 
 
 class _Task:
@@ -232,10 +251,19 @@ class ProcessFuture(Future, _Task):
             if not self._finished() and not self._engine.wait_until(self._finished, timeout):
                 raise TimeoutError()
             if self._state is not _FINISHED:
-                return super().result(timeout=0)  # cancelled: raises
+                try:
+                    Future.result(self, timeout=0)  # cancelled: raises
+                finally:
+                    self = None  # noqa: PLW0642 - see below
         if self._exception is None:
             return self._result  # set once, never changes afterwards
-        return super().result(timeout=0)
+        # This frame ends up in the traceback of the exception the future
+        # holds: `self = None` keeps the future out of a cycle that only the
+        # cyclic collector would free (CPython's Future.result does the same).
+        try:
+            return Future.result(self, timeout=0)
+        finally:
+            self = None  # noqa: PLW0642
 
     def add_done_callback(self, fn: Callable[[Future], Any]) -> None:
         with self._condition:
@@ -422,6 +450,26 @@ def _authkey() -> bytes:
     return bytes(process.current_process().authkey)
 
 
+class _StrongRef:
+    """weakref.ref's interface for a callable that cannot be weakly referenced
+    (a method descriptor, an operator.itemgetter ...): the cache keeps it."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __call__(self) -> Any:
+        return self.obj
+
+
+def _ident_ref(obj: Any) -> Any:
+    try:
+        return weakref.ref(obj)
+    except TypeError:
+        return _StrongRef(obj)
+
+
 class _Engine:
     """All state of one process pool. The backend object is a thin handle on
     it, so that dropping the handle (gc) can terminate the engine while the
@@ -438,6 +486,8 @@ class _Engine:
         self.max_tasks = max_tasks_per_worker
         self.caps = self._thread_caps()  # first: its warning may be an error (-W error)
         self.chan = _core.PoolChannel.create(workers, ring_bytes)
+        self.cancel_seg = self.cancel_map = None
+        self.cancel_mark = self._cancel_board()  # before the first worker is announced
         self.slots = [_Slot(i, max_tasks_per_worker) for i in range(workers)]
         self.budgeted = max_tasks_per_worker is not None  # slots count tasks down
         self.init_data = None
@@ -503,6 +553,9 @@ class _Engine:
         # (id(fn), chunked) -> (fn, fn_id, payload, name); insertion-ordered
         self.fns: OrderedDict[tuple, tuple] = OrderedDict()
         self.fn_data: dict[int, bytes] = {}                # fn_id -> data (for resends)
+        # evicted functions whose data tasks may still need: (first id
+        # after the eviction, fn_id, payload), oldest first (see _retire)
+        self.retired: deque[tuple] = deque()
         self.fn_names: dict[int, str] = {}                 # fn_id -> name, for messages
         self.short_fns: set[int] = set()  # fn_ids whose tasks ran short (AWAKE_TASK_NS)
         self.fn_keep: list = []                            # segments of huge FunctionDefs
@@ -699,10 +752,43 @@ class _Engine:
                                self.chan.fd)
         self._announce(s)
 
+    def _cancel_board(self) -> Any:
+        """The cancel mark: int64s in a shared segment that only the driver
+        writes, in shutdown(cancel_futures=True); each worker reads them
+        before it starts a Call or a Batch frame (python/shoal/_worker.py:
+        Worker.handle). [0]: every task id up to it is cancelled, except
+        [1 + slot]: the one task that slot's worker was to start next, which
+        still runs (as the call queue's tasks do in concurrent.futures: its
+        Future said running()). For a cancelled one the worker sends back a
+        Control frame instead of running it. So the tasks waiting on a
+        worker's ring, or taken off it but not started, are cancelled too,
+        not only the backlog's. [1 + slot] is written before [0], so a worker
+        that sees the new mark sees its exemption too (x86 keeps stores in
+        order; elsewhere a worker could miss it and cancel that task as
+        well). A memoryview over a mmap of the segment's file: neither side
+        needs numpy for it. None (no mark: ring-queued tasks run) if
+        /dev/shm has no room for it."""
+        import mmap
+
+        size = 8 * (1 + self.workers)
+        try:
+            seg = self.core.SharedSegment.create(size)
+            fd = os.open("/dev/shm" + seg.name, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                self.cancel_map = mmap.mmap(fd, size)
+            finally:
+                os.close(fd)
+        except Exception:  # noqa: BLE001 - ENOSPC and the like: the pool works without
+            return None
+        self.cancel_seg = seg
+        return memoryview(self.cancel_map).cast("q")
+
     def _announce(self, s: _Slot) -> None:
-        """The first frame a new worker reads: sys.path and the initializer."""
+        """The first frame a new worker reads: sys.path, the initializer and
+        the cancel mark's segment."""
         self.chan.set_pid(s.index, s.pid)
-        msg = {"sys_path": list(sys.path), "init": self.init_data, "authkey": _authkey()}
+        msg = {"sys_path": list(sys.path), "init": self.init_data, "authkey": _authkey(),
+               "cancel": None if self.cancel_seg is None else self.cancel_seg.name}
         self.chan.push_tasks(s.index, [(0, CONTROL, 0, _serialize.dumps(msg).data)])
 
     def worker_pids(self) -> list[int]:
@@ -721,10 +807,16 @@ class _Engine:
             key = (id(fn), chunked)
             ident = fn
         entry = self.fns.get(key)
-        if entry is not None and (entry[0] is ident or (
-                type(ident) is tuple and type(entry[0]) is tuple
-                and entry[0][0] is ident[0] and entry[0][1] is ident[1])):
-            return entry[1]  # eviction is FIFO: a re-pickle now and then is cheap
+        if entry is not None:
+            ref = entry[0]
+            if type(ref) is tuple:
+                if type(ident) is tuple and ref[0]() is ident[0] and ref[1]() is ident[1]:
+                    return entry[1]
+            elif ref() is ident:
+                return entry[1]  # eviction is FIFO: a re-pickle now and then is cheap
+            # A dead function's id, now another object's: its entry goes.
+            del self.fns[key]
+            self._retire(entry)
         if chunked:
             from ._mapping import run_chunk
 
@@ -733,7 +825,13 @@ class _Engine:
             obj = fn
         payload = _serialize.dumps(obj)  # may raise SerializationError: nothing changed yet
         fn_id = next(self.ids)
-        self.fns[key] = (ident, fn_id, payload)
+        # The cache names the function weakly: a closure, a partial or the
+        # object of a bound method is the caller's to drop (its pickle stays
+        # cached until the entry is evicted).
+        if type(ident) is tuple:
+            self.fns[key] = ((_ident_ref(ident[0]), _ident_ref(ident[1])), fn_id, payload)
+        else:
+            self.fns[key] = (_ident_ref(ident), fn_id, payload)
         self.fn_data[fn_id] = bytes(payload.data)
         names = self.fn_names
         names[fn_id] = _describe_fn(fn)
@@ -741,16 +839,30 @@ class _Engine:
             for old in list(itertools.islice(names, len(names) // 2)):
                 del names[old]
         if len(self.fns) > _FN_CACHE_SIZE:
-            _, (_, old_id, _) = self.fns.popitem(last=False)
-            self.fn_data.pop(old_id, None)
-            self.short_fns.discard(old_id)
-            # Workers forget it too (best effort: a full ring just keeps it).
-            forget = _serialize.dumps({"forget": [old_id]}).data
-            for s in self.slots:
-                if old_id in s.sent_fns:
-                    s.sent_fns.discard(old_id)
-                    self.chan.push_task(s.index, 0, CONTROL, 0, forget)
+            self._retire(self.fns.popitem(last=False)[1])
         return fn_id
+
+    def _retire(self, entry: tuple) -> None:
+        """An evicted function: workers forget it, submit() pickles it anew.
+        Its FunctionDef data stays while tasks submitted before now may still
+        need it (a backlogged task, one requeued after its worker died): until
+        the oldest task left is younger than this moment. Lock held."""
+        old_id = entry[1]
+        self.short_fns.discard(old_id)
+        # Workers forget it too (best effort: a full ring just keeps it).
+        forget = _serialize.dumps({"forget": [old_id]}).data
+        for s in self.slots:
+            if old_id in s.sent_fns:
+                s.sent_fns.discard(old_id)
+                self.chan.push_task(s.index, 0, CONTROL, 0, forget)
+        retired = self.retired
+        retired.append((next(self.ids), old_id, entry[2]))
+        oldest = next(iter(self.tasks), None)  # ids grow: the dict's first is the oldest
+        while retired and (oldest is None or retired[0][0] < oldest):
+            _, fn_id, _ = retired.popleft()
+            self.fn_data.pop(fn_id, None)
+            for s in self.slots:
+                s.sent_fns.discard(fn_id)  # resent since: the worker keeps a stale copy
 
     def _task_name(self, task: "_Task") -> str:
         if task.job is not None:
@@ -761,7 +873,11 @@ class _Engine:
         if self.broken is not None:
             raise BrokenPool(f"the process pool is broken: {self.broken}") from self.broken
         if self.closing:
-            raise RuntimeError("cannot schedule new tasks after shutdown")
+            # concurrent.futures' words (an atexit callback that submits gets
+            # the second: the exit hook below has shut every Executor down).
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown"
+                               if _interpreter_exiting else
+                               "cannot schedule new futures after shutdown")
 
     def submit(self, fn: Callable, args: tuple, kwargs: dict | None,
                timeout: float | None) -> Future:
@@ -771,7 +887,7 @@ class _Engine:
             if self.broken is not None or self.closing:
                 self._check_open()
             entry = self.fns.get((id(fn), False))
-            if entry is not None and entry[0] is fn:
+            if entry is not None and entry[0]() is fn:
                 fn_id = entry[1]
             else:
                 if not callable(fn):
@@ -1247,7 +1363,8 @@ class _Engine:
                     nxt = end
                     for r in run:
                         if type(r) is _Failed:
-                            raise r.exc
+                            run = None
+                            _raise_failed(r)
                     if not exhausted and in_window() <= low:
                         refill()
                     # Lists for the caller to extend its result with: each
@@ -1265,7 +1382,7 @@ class _Engine:
                     nxt += 1
                     yielded += 1
                     if type(r) is _Failed:
-                        raise r.exc
+                        _raise_failed(r)
                     if not exhausted and len(results) - yielded < window // 2:
                         refill()
                     if chunks:
@@ -1285,7 +1402,7 @@ class _Engine:
                     results[i] = None
                     yielded += 1
                     if type(r) is _Failed:
-                        raise r.exc
+                        _raise_failed(r)
                     if not exhausted and len(results) - yielded < window // 2:
                         refill()
                     if flatten:
@@ -1512,6 +1629,7 @@ class _Engine:
         cond = self.future_cond
         with self.future_lock:
             for fut, value in futs:
+                fut.data = _NO_DATA  # the arguments' pickle: not needed any more
                 if fut._state is _RUNNING or fut._state is _F_PENDING:
                     fut._result = value
                     fut._state = _FINISHED
@@ -1528,6 +1646,8 @@ class _Engine:
         loads = _serialize.loads
         for task, kind, flags, data in done:
             task.keep = None  # the worker has loaded its arguments: free their segments
+            if task.job is None:
+                task.data = _NO_DATA
             if task.timeout_ns:
                 self.timed.discard(task.id)
             if kind == RESULT:
@@ -1557,8 +1677,28 @@ class _Engine:
                 except BaseException as e:  # noqa: BLE001
                     exc = e
                 self._deliver_exc(task, exc)
+            elif kind == CONTROL:  # skipped by its worker: past the cancel mark
+                self._cancel_queued(task)
             else:  # an exception made by the driver
                 self._deliver_exc(task, data)
+
+    def _cancel_queued(self, task: _Task) -> None:
+        """A task that its worker did not start because shutdown(cancel_futures=
+        True) cancelled it: its Future is cancelled although it was RUNNING
+        (on a ring), as if it had waited in the backlog."""
+        job = task.job
+        if job is not None:
+            job.store(task.index, _Failed(CancelledError("cancelled by shutdown")))
+            return
+        fut = task.future
+        with self.future_cond:
+            if fut._state is not _RUNNING and fut._state is not _F_PENDING:
+                return
+            fut._state = _CANCELLED_NOTIFIED
+            for waiter in fut._waiters:
+                waiter.add_cancelled(fut)
+            self.future_cond.notify_all()
+        fut._invoke_callbacks()
 
     def _deliver_exc(self, task: _Task, exc: BaseException) -> None:
         job = task.job
@@ -1662,6 +1802,7 @@ class _Engine:
                 del self.tasks[task.id]
                 self.timed.discard(task.id)
                 task.keep = None
+                task.data = _NO_DATA
 
     def cancel_running(self, fut: Future) -> bool:
         task = fut if getattr(fut, "_engine", None) is self else None
@@ -1707,11 +1848,34 @@ class _Engine:
         self.timed.clear()
         self.closing = True
 
+    def _next_to_start(self, s: _Slot) -> int:
+        """The id of the task slot s's worker starts next (0: none known):
+        the one after its current task in s.tasks, which is in push order,
+        the order the worker runs them in; the first one if it runs none
+        (or one whose result was read already). Lock held. If the worker
+        moves on meanwhile, the task named here runs or has run, and every
+        later one is cancelled: never more than one queued task runs."""
+        current, _ = self.chan.slot_state(s.index)
+        it = iter(s.tasks)
+        if current in s.tasks:
+            for tid in it:
+                if tid == current:
+                    break
+        return next(it, 0)
+
     def shutdown(self, wait: bool, cancel_futures: bool) -> None:
         done: list = []
         with self.lock:
             self.closing = True
             if cancel_futures:
+                mark = self.cancel_mark
+                if mark is not None:
+                    # Tasks on the rings (or taken, not started) up to here:
+                    # their workers skip them, but for the next one each
+                    # (see _cancel_board).
+                    for s in self.slots:
+                        mark[1 + s.index] = self._next_to_start(s)
+                    mark[0] = next(self.ids)
                 for task in list(self.backlog):
                     if task.id in self.tasks:
                         self._fail(task, CancelledError("cancelled by shutdown"), done)
@@ -1766,11 +1930,16 @@ class _Engine:
         with self.lock:
             self.fns.clear()
             self.fn_data.clear()
+            self.retired.clear()
             self.fn_keep.clear()
             self.init_data = None
             self.init_payload = None
             for task in self.tasks.values():
                 task.keep = None
+            if self.cancel_mark is not None:
+                self.cancel_mark.release()
+                self.cancel_map.close()
+                self.cancel_mark = self.cancel_map = self.cancel_seg = None  # unlinks it
 
 
 #: Every live engine, so that a child forked from the driver can disown them.
@@ -1868,9 +2037,14 @@ def _finalize(engine: _Engine) -> None:
 # the interpreter exits (concurrent.futures semantics), unless it exits on an
 # uncaught Ctrl-C, which terminates them at once.
 _finish_at_exit: "weakref.WeakSet[ProcessBackend]" = weakref.WeakSet()
+#: set by _at_exit: interpreter shutdown has begun (concurrent.futures'
+#: _global_shutdown); Executors made after it accept no task
+_interpreter_exiting = False
 
 
 def _at_exit() -> None:
+    global _interpreter_exiting
+    _interpreter_exiting = True
     interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
     for backend in list(_finish_at_exit):
         try:
@@ -1954,6 +2128,12 @@ class ProcessBackend(Backend):
     def finish_at_exit(self) -> None:
         """Let submitted work finish at interpreter exit (Executor semantics);
         without this (Pool semantics) exit terminates the workers."""
+        if _interpreter_exiting:
+            # Made in an atexit callback: it accepts no task, as in
+            # concurrent.futures, and stops now (no exit hook would stop it
+            # any more: its workers and threads outlived the interpreter's end).
+            self._engine.terminate()
+            return
         _finish_at_exit.add(self)
 
     @property

@@ -266,10 +266,16 @@ class _WorkItem:
                 del exc  # break the frame <-> exception cycle
             else:
                 _settle(future.set_result, result)
+                result = None
         finally:
             with st.lock:
                 st.running.discard(self)
             self.fn = self.args = self.kwargs = None  # free them now, not with the Future
+            # This frame is in the traceback of an exception the Future now
+            # holds: its locals must not lead back to the Future (a cycle
+            # only the cyclic collector frees; concurrent.futures' _WorkItem
+            # sets self = None for the same reason).
+            self = future = st = None  # noqa: PLW0642
 
 
 _live: "weakref.WeakSet[ThreadBackend]" = weakref.WeakSet()
@@ -367,10 +373,10 @@ class ThreadBackend(Backend):
         with self._lock:
             if st.broken is not None:
                 raise BrokenPool(st.broken)
+            if _exiting:  # first: _at_exit has shut this pool down too
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            if _exiting:
-                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             item = _WorkItem(st, future, fn, tuple(args), dict(kwargs or {}), timeout)
             with st.lock:
                 st.pending.add(item)
@@ -386,7 +392,11 @@ class ThreadBackend(Backend):
             with st.lock:
                 items = list(st.pending)
             for item in items:  # outside the locks: cancel() runs done-callbacks
-                item.future.cancel()
+                if item.future.cancel():
+                    # It stays in the C++ queue until a thread skips it: free
+                    # what it would have run now (concurrent.futures drops its
+                    # work items from the queue). run() never reads them now.
+                    item.fn = item.args = item.kwargs = None
         if wait:
             if getattr(st.local, "worker", False):
                 raise RuntimeError("shutdown(wait=True) from one of the pool's own threads "

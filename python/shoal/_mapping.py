@@ -147,23 +147,43 @@ def map_via_submit(backend: Any, fn: Callable, iterable: Iterable, *,
     return _results(pending, fill, ordered, remaining, source)
 
 
+def _result_or_cancel(fut: Any, timeout: float | None) -> Any:
+    """fut.result(timeout), cancelling fut if that raises (a timeout). The
+    future is no local of the caller's frame, which ends up in the traceback
+    of the exception the future holds (concurrent.futures does the same)."""
+    try:
+        try:
+            return fut.result(timeout)
+        except BaseException:
+            fut.cancel()
+            raise
+    finally:
+        del fut
+
+
+def _next_done(pending: deque, timeout: float | None) -> Any:
+    """The first of pending (in order) that is done, taken out of it."""
+    done, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+    if not done:
+        raise TimeoutError("map() timed out")
+    fut = next(f for f in pending if f in done)
+    pending.remove(fut)
+    return fut
+
+
 def _results(pending: deque, fill: Callable, ordered: bool,
              remaining: Callable, source: GuardedSource) -> Iterator[Any]:
     try:
         fill()
         while pending:
+            left = remaining()  # first: past the deadline, every future is still in pending
             if ordered:
-                fut = pending.popleft()
-                part = fut.result(timeout=remaining())
+                part = _result_or_cancel(pending.popleft(), left)
             else:
-                done, _ = wait(pending, timeout=remaining(), return_when=FIRST_COMPLETED)
-                if not done:
-                    raise TimeoutError("map() timed out")
-                fut = next(f for f in pending if f in done)
-                pending.remove(fut)
-                part = fut.result()
+                part = _result_or_cancel(_next_done(pending, left), None)
             fill()
             yield from part
+            part = None
         source.raise_error()  # the user's iterable raised after these items
     finally:
         for fut in pending:

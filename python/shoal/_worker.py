@@ -59,7 +59,27 @@ def _write_indirect(data: bytes) -> bytes:
     return seg.name.encode()
 
 
+def _open_cancel_mark(name: str):
+    """The driver's cancel mark (see _Engine._cancel_board in
+    _backend_processes.py), read-only; (0,) if it cannot be mapped."""
+    import mmap
+
+    try:
+        fd = os.open("/dev/shm" + name, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+            return memoryview(mmap.mmap(fd, size, prot=mmap.PROT_READ)).cast("q")
+        finally:
+            os.close(fd)
+    except (OSError, ValueError):
+        return (0,)
+
+
 class Worker:
+    #: tasks whose id is at most cancel_mark[0] are cancelled (not run),
+    #: except the one named by cancel_mark[1 + slot]
+    cancel_mark = (0,)
+
     def __init__(self, slot: int, driver: int, fd: int = 3) -> None:
         from . import _core, _serialize
 
@@ -168,7 +188,21 @@ class Worker:
         chan.set_current(slot, 0)
         self.done += len(ids)
 
+    def cancelled(self, task_id: int) -> bool:
+        """task_id is at most the cancel mark: whether it is not the one task
+        the driver let through."""
+        mark = self.cancel_mark
+        return len(mark) <= 1 + self.slot or mark[1 + self.slot] != task_id
+
+    def skip(self, task_id: int) -> None:
+        """Tells the driver that a cancelled task was not started."""
+        self.chan.push_result(self.slot, task_id, CONTROL, 0, b"cancelled")
+        self.done += 1
+
     def handle(self, task_id: int, kind: int, flags: int, data: bytes) -> None:
+        if kind == CALL and task_id <= self.cancel_mark[0] and self.cancelled(task_id):
+            self.skip(task_id)
+            return
         if flags & INDIRECT:
             data = _read_indirect(data)
         if kind == CALL:
@@ -191,6 +225,15 @@ class Worker:
                 for tid in ids:
                     self.send_failure(tid, exc, f"task {tid} could not be loaded in the worker")
                 return
+            if ids[0] <= self.cancel_mark[0]:
+                # Cancelled: at most its first task runs, if the driver let
+                # it through (one task per worker, not a frame of them).
+                if not self.cancelled(ids[0]):
+                    self.run_batch(fn, ids[:1], items[:1])
+                    ids = ids[1:]
+                for tid in ids:
+                    self.skip(tid)
+                return
             self.run_batch(fn, ids, items)
         elif kind == FUNCTION_DEF:
             try:
@@ -209,6 +252,8 @@ class Worker:
             sys.path[:] = msg["sys_path"]
         if msg.get("authkey"):
             _use_authkey(msg["authkey"])
+        if msg.get("cancel"):
+            self.cancel_mark = _open_cancel_mark(msg["cancel"])
         if msg.get("init") is not None:
             try:
                 initializer, initargs = self.serialize.loads(msg["init"])

@@ -349,8 +349,12 @@ class Executor(cf.Executor):
                  initializer: Callable | None = None, initargs: tuple = (),
                  max_tasks_per_worker: int | None = None, retries: int = 0,
                  task_timeout: float | None = None) -> None:
+        if isinstance(max_workers, int) and not isinstance(max_workers, bool) \
+                and max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")  # concurrent.futures' words
         self._workers = _resolve_workers(max_workers, "max_workers")
         max_tasks_per_worker = _resolve_max_tasks(max_tasks_per_worker, "max_tasks_per_worker")
+        self._max_workers = self._workers  # what concurrent.futures' executors call it (dask reads it)
         if task_timeout is not None and task_timeout <= 0:
             raise ValueError(f"task_timeout must be > 0, got {task_timeout}")
         self._backend = _backend.create(backend, self._workers, initializer=initializer,

@@ -190,12 +190,99 @@ def test_shutdown_cancel_futures_cancels_pending_and_finishes_running(backend, t
         e.terminate()
 
 
+@pytest.mark.parametrize("how", ["submit", "map"])
+def test_shutdown_cancel_futures_leaves_at_most_one_queued_task_per_worker(backend, tmp_path,
+                                                                          how):
+    # concurrent.futures lets at most the call queue's few tasks run after
+    # shutdown(cancel_futures=True). Here: one blocked task per worker, many
+    # short ones queued behind them (on the workers' rings and in the
+    # backlog); every one not started is cancelled, so at most one running
+    # and one queued per worker ran.
+    workers = 2
+    e = shoal.Executor(workers, backend=backend)
+    try:
+        gates = [str(tmp_path / f"g{i}") for i in range(workers)]
+        blockers = [e.submit(h.gate, g, i) for i, g in enumerate(gates)]
+        for g in gates:
+            _started(g)
+        paths = [str(tmp_path / f"t{i}") for i in range(200)]
+        if how == "submit":
+            futs = [e.submit(h.touch, p) for p in paths]
+            it = None
+        else:
+            futs = []
+            it = e.map(h.touch, paths, chunksize=1)
+        e.shutdown(wait=False, cancel_futures=True)
+        for g in gates:
+            _open(g)
+        assert [b.result(timeout=60) for b in blockers] == list(range(workers))
+        done, not_done = cf.wait(futs, timeout=60)
+        assert not not_done
+        if it is not None:
+            with pytest.raises(cf.CancelledError):
+                list(it)
+        e.shutdown(wait=True)  # nothing still queued runs later either
+        touched = [p for p in paths if os.path.exists(p)]
+        assert workers + len(touched) <= 2 * workers, (
+            f"{len(touched)} queued tasks ran after shutdown(cancel_futures=True)")
+        for p, f in zip(paths, futs):
+            if os.path.exists(p):
+                assert f.result() == p
+            else:
+                assert f.cancelled(), "a task that did not run has a future not cancelled"
+    finally:
+        e.terminate()
+
+
 def test_shutdown_wait_blocks_until_everything_ran(backend):
     e = shoal.Executor(2, backend=backend)
     futs = [e.submit(h.sleep_return, 0.02, i) for i in range(10)]
     e.shutdown(wait=True)
     assert all(f.done() for f in futs)
     assert [f.result() for f in futs] == list(range(10))
+
+
+def test_after_shutdown_the_error_is_concurrent_futures_own(ex):
+    ex.shutdown()
+    calls = [lambda: ex.submit(h.square, 1), lambda: ex.map(h.square, [1]),
+             lambda: ex.submit_with(h.square, (1,)), lambda: ex._backend.submit(h.square, (1,))]
+    for call in calls:
+        with pytest.raises(RuntimeError) as info:
+            call()
+        assert str(info.value) == "cannot schedule new futures after shutdown"
+
+
+ATEXIT_DRIVER = textwrap.dedent("""
+    import atexit, sys
+    sys.path.insert(0, {here!r})
+    import shoal, conformance_helpers as h
+
+    def late():
+        for name, make in [("kept", lambda: ex), ("new", lambda: shoal.Executor(1, backend={backend!r}))]:
+            try:
+                e = make()
+                e.submit(h.square, 3).result(timeout=30)
+                print(name, "ACCEPTED", flush=True)
+            except RuntimeError as exc:
+                print(name, "REFUSED", exc, flush=True)
+
+    atexit.register(late)
+    ex = shoal.Executor(1, backend={backend!r})
+    assert ex.submit(h.square, 2).result(timeout=30) == 4
+    print("LEAVING", flush=True)
+""")
+
+
+def test_submit_in_an_atexit_callback_is_refused_as_in_concurrent_futures(backend, tmp_path):
+    # concurrent.futures: RuntimeError('cannot schedule new futures after
+    # interpreter shutdown') once interpreter shutdown has begun.
+    script = tmp_path / "atexit_driver.py"
+    script.write_text(ATEXIT_DRIVER.format(here=HERE, backend=backend))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=90)
+    assert r.returncode == 0 and "LEAVING" in r.stdout, r.stdout + r.stderr
+    for name in ("kept", "new"):
+        assert f"{name} REFUSED cannot schedule new futures after interpreter shutdown\n" \
+            in r.stdout, r.stdout + r.stderr
 
 
 def test_submit_and_map_after_shutdown_raise_runtime_error(ex):
@@ -483,6 +570,19 @@ def test_max_workers_zero_or_negative_is_a_value_error(backend, bad):
         shoal.Executor(max_workers=bad, backend=backend)
 
 
+@pytest.mark.parametrize("bad", [0, -1])
+def test_max_workers_error_and_attribute_match_concurrent_futures(backend, bad):
+    with pytest.raises(ValueError) as std:
+        cf.ThreadPoolExecutor(max_workers=bad)
+    with pytest.raises(ValueError) as ours:
+        shoal.Executor(max_workers=bad, backend=backend)
+    assert str(ours.value) == str(std.value) == "max_workers must be greater than 0"
+    with shoal.Executor(3, backend=backend) as e:
+        assert e._max_workers == 3  # dask (and others) read it
+    with shoal.Executor(backend=backend) as e:
+        assert e._max_workers == shoal.default_workers()
+
+
 def test_kwargs_named_fn_and_timeout_reach_the_function(ex):
     fut = ex.submit(h.echo_kwargs, 1, fn="f", timeout=2.5, chunksize=4, self="s")
     assert fut.result(timeout=60) == ((1,), {"fn": "f", "timeout": 2.5, "chunksize": 4,
@@ -589,6 +689,112 @@ def test_arguments_are_not_kept_alive_after_completion(ex):
     del obj, fut
     gc.collect()
     assert ref() is None, "the executor keeps a finished task's argument alive"
+
+
+@pytest.mark.parametrize("how", ["submit", "submit_error", "map", "map_error"])
+def test_finished_tasks_keep_nothing_alive_without_the_cyclic_collector(ex, how):
+    # After the caller drops a finished future (and the exception it caught),
+    # the argument (processes: the driver's own object; threads: the object
+    # itself), the function, the result, the exception and the future die at
+    # once, by reference counting: nothing in the executor keeps them, and no
+    # reference cycle (a traceback's frames leading back to the future) does.
+    import functools
+    import gc
+    import weakref
+
+    assert ex.submit(h.square, 2).result(timeout=60) == 4  # workers up
+    gc.disable()  # a collection during the test would hide a cycle
+    try:
+        arg, other = _Obj(), _Obj()
+        refs = {"argument": weakref.ref(arg)}
+        if how == "submit":
+            fn = functools.partial(h.identity)  # the caller's own function object
+            refs["function"] = weakref.ref(fn)
+            fut = ex.submit(fn, arg)
+            refs["future"] = weakref.ref(fut)
+            res = fut.result(timeout=60)
+            refs["result"] = weakref.ref(res)
+            del fut, res
+        elif how == "submit_error":
+            fn = functools.partial(h.raise_custom)
+            refs["function"] = weakref.ref(fn)
+            fut = ex.submit(fn, arg)
+            refs["future"] = weakref.ref(fut)
+            try:
+                fut.result(timeout=60)
+            except h.CustomError as exc:
+                refs["exception"] = weakref.ref(exc)
+            del fut
+        elif how == "map":
+            fn = functools.partial(h.identity)
+            refs["function"] = weakref.ref(fn)
+            out = list(ex.map(fn, [arg, other], timeout=60))
+            refs["result"] = weakref.ref(out[0])
+            del out
+        else:
+            fn = functools.partial(h.raise_custom)
+            refs["function"] = weakref.ref(fn)
+            try:  # one item: no other task of the map may still be running
+                list(ex.map(fn, [arg], timeout=60))
+            except h.CustomError as exc:
+                refs["exception"] = weakref.ref(exc)
+        assert "exception" in refs or "result" in refs
+        del arg, other, fn
+        alive = sorted(name for name, ref in refs.items() if ref() is not None)
+        assert not alive, f"still alive after the caller dropped them: {alive}"
+    finally:
+        gc.enable()
+
+
+def test_tasks_cancelled_by_shutdown_keep_nothing_alive(backend, tmp_path):
+    # The arguments of tasks that shutdown(cancel_futures=True) cancelled die
+    # at once, while the pool's worker is still busy (threads: the queue's
+    # items used to keep them until a thread reached them).
+    import gc
+    import weakref
+
+    g = str(tmp_path / "g")
+    e = shoal.Executor(1, backend=backend)
+    gc.disable()
+    try:
+        blocker = e.submit(h.gate, g, "b")
+        _started(g)
+        objs = [_Obj() for _ in range(30)]  # more than a worker's ring holds
+        refs = [weakref.ref(o) for o in objs]
+        futs = [e.submit(h.identity, o) for o in objs]
+        e.shutdown(wait=False, cancel_futures=True)
+        cancelled = [i for i, f in enumerate(futs) if f.cancelled()]
+        assert cancelled
+        del objs
+        alive = [i for i in cancelled if refs[i]() is not None]
+        assert not alive, f"the arguments of cancelled tasks {alive} are still alive"
+        _open(g)
+        assert blocker.result(timeout=60) == "b"
+        cf.wait(futs, timeout=60)
+        alive = [i for i, f in enumerate(futs) if f.cancelled() and refs[i]() is not None]
+        assert not alive, f"the arguments of cancelled tasks {alive} are still alive"
+    finally:
+        gc.enable()
+        e.terminate()
+
+
+def test_many_throwaway_functions_queued_behind_a_blocked_worker(backend, tmp_path):
+    # A new function object per task, dropped by the caller at once (the
+    # executor may not keep it alive), more of them than any function cache
+    # holds, all waiting behind a blocked worker: each task still runs its own.
+    import functools
+
+    g = str(tmp_path / "g")
+    e = shoal.Executor(1, backend=backend)
+    try:
+        blocker = e.submit(h.gate, g, "b")
+        _started(g)
+        futs = [e.submit(functools.partial(h.add3, i, 0), 1) for i in range(300)]
+        _open(g)
+        assert blocker.result(timeout=60) == "b"
+        assert [f.result(timeout=60) for f in futs] == [i + 1 for i in range(300)]
+    finally:
+        e.terminate()
 
 
 def test_remote_traceback_is_attached_as_cause(ex):
