@@ -159,6 +159,21 @@ def changed_names(fn: types.FunctionType) -> tuple:
     return tuple(changed)
 
 
+def _module_named_by(g: dict) -> str | None:
+    """The module whose namespace ``g`` is (a real module, or one of this
+    process's stand-ins for another process's __main__), else None."""
+    import sys
+
+    name = g.get("__name__")
+    if not isinstance(name, str):
+        return None
+    mod = sys.modules.get(name)
+    if (mod is not None and getattr(mod, "__dict__", None) is g) or \
+            _NAMESPACES.get("__main__" if name in MAIN_NAMES else name) is g:
+        return name
+    return None
+
+
 def _module_of(obj) -> str | None:
     return getattr(obj, "__module__", None)
 
@@ -187,11 +202,14 @@ class Pickler(cloudpickle.Pickler):
         return super().reducer_override(obj)
 
     def _dynamic_function_reduce(self, func):
-        code, _base, _, _, closure = self._function_getnewargs(func)
-        ref = self.namespaces.get(id(func.__globals__))
+        code, base, _, _, closure = self._function_getnewargs(func)
+        g = func.__globals__
+        ref = self.namespaces.get(id(g))
         if ref is None:
-            ref = self.namespaces[id(func.__globals__)] = _Namespace(
-                func.__globals__.get("__name__", _module_of(func)))
+            module = _module_named_by(g)
+            # Globals that are not a module's (exec() with a dict of its own):
+            # cloudpickle's fresh dict per pickle, as before.
+            ref = self.namespaces[id(g)] = base if module is None else _Namespace(module)
         state = _cp._function_getstate(func)
         if self.changed:
             state[1]["_shoal_changed"] = self.changed

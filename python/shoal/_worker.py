@@ -80,14 +80,16 @@ class Worker:
     #: except the one named by cancel_mark[1 + slot]
     cancel_mark = (0,)
 
-    def __init__(self, slot: int, driver: int, fd: int = 3) -> None:
+    def __init__(self, slot: int, driver: int, fd: int = 3, chan=None) -> None:
         from . import _core, _serialize
 
         self.slot = slot
         self.driver = driver
         self.core = _core
         self.serialize = _serialize
-        self.chan = _core.PoolChannel.attach_fd(fd)
+        # chan: the pool's rings (inherited as fd), or another transport with
+        # the same verbs (the mpi backend's RankChannel)
+        self.chan = _core.PoolChannel.attach_fd(fd) if chan is None else chan
         self.limit = self.chan.max_payload // 2
         self.fns: dict[int, object] = {}
         self.done = 0

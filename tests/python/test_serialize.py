@@ -516,3 +516,15 @@ def test_max_inline_moves_the_pickle_stream_out_of_band():
     # only the stream, no buffer
     p = S.dumps(list(range(100_000)), max_inline=1000)
     assert len(p.data) < 1000 and S.loads(p.data) == list(range(100_000))
+
+
+def test_functions_of_exec_namespaces_keep_their_own_globals():
+    # Not a module's namespace: each keeps its own globals, as cloudpickle
+    # gives them (only a module's functions share the receiver's namespace).
+    fns = []
+    for scale in (2, 3):
+        g = {"scale": scale}
+        exec("def f(x):\n    return x * scale\n", g)
+        fns.append(g["f"])
+    out = [roundtrip((f, (1,)))[0] for f in fns]
+    assert [o[0](*o[1]) for o in out] == [2, 3]

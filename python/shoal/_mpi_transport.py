@@ -1,0 +1,365 @@
+"""MPI transport of the mpi backend: the same frames as the rings of the
+processes backend (shoal/frame.hpp), many to one MPI message (a frame batch,
+shoal/frame_batch.hpp, packed and checked in C++).
+
+    root (rank 0)                                  serving rank r (slot r - 1)
+    ------------                                   ---------------------------
+    ledger ──push_tasks(slot, frames)──> outbox    Worker.serve (shoal._worker, unchanged)
+    engine thread (the only one calling MPI):        next_tasks(): flush results, then wait
+      pack_frames(outbox) ──Isend TASKS──────────>     (spin, then sleep: an idle rank
+                                                        uses well under 1% of a core)
+                                                       unpack_frames(message) -> frames
+                                                     runs them; push_result() -> outbox
+      inbox[slot] <── unpack_frames <──Recv RESULTS──  pack_frames(outbox), at the next wait,
+      doorbell rung                                    when 1 MiB or 2 ms of results pile up
+    drain_by_slot() <── inbox
+
+    at the end: BYE to every serving rank; they leave serve() and finalize
+
+Only one thread of a process calls MPI: the root's engine thread, the
+serving rank's main thread (mpi4py, MPI's maintained binding, is the one
+choke point that turns MPI errors into exceptions). MPI messages use a
+duplicate of the communicator, so that shoal's tags never meet the user's.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+#: message tags on shoal's own communicator
+TAG_TASKS, TAG_RESULTS, TAG_BYE = 7101, 7102, 7103
+CONTROL = 6  # frame kind (shoal/frame.hpp)
+#: results a serving rank keeps before it sends them anyway
+FLUSH_BYTES = 1 << 20
+FLUSH_SECONDS = 0.002
+#: how long a waiting rank spins before it starts to sleep, and its longest sleep
+SPIN_S = float(os.environ.get("SHOAL_MPI_SPIN_US", "200")) * 1e-6
+MAX_SLEEP_S = 0.001
+
+LAUNCH_HINT = ("start the script with an MPI launcher, e.g.\n"
+               "    mpirun -n 3 python -m shoal.mpi script.py      (3 ranks: the script on rank 0, "
+               "2 serving)\n"
+               "    srun python -m shoal.mpi script.py             (in a SLURM job)")
+
+
+class MPIError(RuntimeError):
+    """The mpi backend cannot run here (no MPI, no launcher, too few ranks,
+    too low a thread level); the message says what to do."""
+
+
+def _mpi():
+    """mpi4py's MPI module, initialized (once, by whoever comes first: a user's
+    own ``from mpi4py import MPI`` before shoal is fine)."""
+    try:
+        from mpi4py import MPI
+    except ImportError as exc:  # pragma: no cover - the test set-up installs it
+        raise MPIError("backend='mpi' needs mpi4py (pip install \"shoal[mpi]\") and an MPI "
+                       f"library (Open MPI or MPICH): {exc}") from exc
+    except RuntimeError as exc:
+        raise MPIError(f"MPI could not be initialized: {exc}\n{LAUNCH_HINT}") from exc
+    return MPI
+
+
+def check_thread_level(MPI) -> None:
+    """The root's engine thread is not the thread that initialized MPI: it
+    needs MPI_THREAD_SERIALIZED (one thread at a time, any thread)."""
+    level = MPI.Query_thread()
+    if level < MPI.THREAD_SERIALIZED:
+        names = {MPI.THREAD_SINGLE: "MPI_THREAD_SINGLE", MPI.THREAD_FUNNELED: "MPI_THREAD_FUNNELED"}
+        raise MPIError(
+            f"this MPI library was initialized with {names.get(level, level)}; shoal's mpi "
+            "backend calls MPI from one engine thread of the root and needs "
+            "MPI_THREAD_SERIALIZED or more. If you import mpi4py yourself, do not lower "
+            "mpi4py.rc.thread_level below 'serialized'.")
+
+
+def launched_by_mpi() -> bool:
+    """Whether this process was started by an MPI launcher or srun."""
+    env = os.environ
+    return any(k in env for k in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK",
+                                  "MPI_LOCALNRANKS", "SLURM_STEP_ID"))
+
+
+class RankChannel:
+    """The worker side of the MPI transport, with the verbs of PoolChannel
+    that shoal._worker.Worker uses: a serving rank runs the processes
+    backend's worker loop unchanged over it."""
+
+    #: a result bigger than this would go through a shared segment on a ring;
+    #: over MPI it goes in the message itself
+    max_payload = 1 << 62
+
+    def __init__(self, comm, root: int = 0) -> None:
+        self.MPI = _mpi()
+        self.comm = comm
+        self.root = root
+        self.out: list = []
+        self.out_bytes = 0
+        self.first_out = 0.0
+        self.is_shutdown = False
+        self.took = 0  # task frames taken since the last flush
+        self.status = self.MPI.Status()
+
+    # -------------------------------------------------------- results
+    def push_result(self, slot: int, task_id: int, kind: int, flags: int, data: bytes) -> bool:
+        if not self.out:
+            self.first_out = time.monotonic()
+        self.out.append((task_id, kind, flags, data))
+        self.out_bytes += len(data) + 24
+        if self.out_bytes >= FLUSH_BYTES or time.monotonic() - self.first_out >= FLUSH_SECONDS:
+            self.flush()
+        return True
+
+    def flush(self) -> None:
+        if not self.out and not self.took:
+            return
+        from . import _core
+
+        if self.took:  # how many task frames this rank has taken (the root's queued())
+            self.out.append((0, CONTROL, 0, TAKEN + self.took.to_bytes(8, "little")))
+            self.took = 0
+        msg = _core.pack_frames(self.out)
+        self.out, self.out_bytes = [], 0
+        self.comm.Send([msg, self.MPI.BYTE], dest=self.root, tag=TAG_RESULTS)
+
+    def set_current(self, slot: int, task_id: int) -> None:
+        pass  # the root learns what a rank held from its own records
+
+    def ring_doorbell(self) -> None:
+        pass
+
+    # -------------------------------------------------------- tasks
+    def next_tasks(self, slot: int, timeout: float | None, spin_us: float = 0.0) -> list:
+        """Sends the results kept so far, then waits up to ``timeout`` seconds
+        for the root's next message: its frames, or [] (timeout, BYE)."""
+        self.flush()
+        comm, st, root = self.comm, self.status, self.root
+        deadline = None if timeout is None else time.monotonic() + timeout
+        start = time.monotonic()
+        sleep = 0.00005
+        while not comm.Iprobe(source=root, tag=self.MPI.ANY_TAG, status=st):
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return []
+            if now - start > SPIN_S:
+                time.sleep(sleep)
+                sleep = min(sleep * 2, MAX_SLEEP_S)
+        n = st.Get_count(self.MPI.BYTE)
+        buf = bytearray(n)
+        comm.Recv([buf, self.MPI.BYTE], source=root, tag=st.Get_tag())
+        if st.Get_tag() == TAG_BYE:
+            self.is_shutdown = True
+            return []
+        from . import _core
+
+        frames = _core.unpack_frames(bytes(buf))
+        self.took += sum(1 for f in frames if f[0])
+        return frames
+
+
+def serve(comm, root: int = 0) -> int:
+    """Runs on every serving rank until the root says goodbye: the
+    processes backend's worker loop over a RankChannel."""
+    from . import _worker
+
+    chan = RankChannel(comm, root)
+    worker = _worker.Worker(comm.Get_rank(), os.getppid(), chan=chan)
+    worker.dumps = _inline_dumps
+    worker.serve()
+    chan.flush()
+    return 0
+
+
+def _inline_dumps(obj):
+    # A result's big buffers stay in the message: the root may be on
+    # another node, where this rank's shared segments do not exist.
+    from . import _serialize
+
+    return _serialize.dumps(obj, threshold=sys.maxsize)
+
+
+#: a CONTROL frame of task id 0 whose payload starts so carries (u64 after it)
+#: how many task frames the rank has taken since its previous one (the
+#: root's queued() count); the root's channel consumes it
+TAKEN = b"\x00shoal-taken"
+
+
+def say_bye(comm, root: int = 0) -> None:
+    """Tells every serving rank of comm to leave serve()."""
+    MPI = _mpi()
+    reqs = [comm.Isend([b"", MPI.BYTE], dest=r, tag=TAG_BYE)
+            for r in range(comm.Get_size()) if r != root]
+    MPI.Request.Waitall(reqs)
+
+
+class RootChannel:
+    """The root side of the MPI transport, with PoolChannel's verbs for the
+    task ledger: slot i is serving rank ``ranks[i]``. The ledger's threads
+    only touch the out- and inboxes (under one lock); the engine thread moves
+    them over MPI."""
+
+    max_payload = 1 << 62
+    fd = -1
+
+    def __init__(self, comm, root: int, slots: int) -> None:
+        import threading
+
+        self.MPI = _mpi()
+        self.comm = comm
+        self.ranks = [r for r in range(comm.Get_size()) if r != root][:slots]
+        self.slot_of = {r: i for i, r in enumerate(self.ranks)}
+        self.slots = len(self.ranks)
+        self.lock = threading.Lock()
+        self.cv = threading.Condition(threading.Lock())
+        self.bell = 0
+        self.wake = threading.Event()        # new frames for the engine thread
+        self.out: list[list] = [[] for _ in self.ranks]
+        self.inbox: list[list] = [[] for _ in self.ranks]
+        self.pushed = [0] * self.slots       # task frames pushed, per slot
+        self.taken = [0] * self.slots        # ... and taken by the rank
+        self.stopping = False
+        self.error: BaseException | None = None
+        self.messages = [0, 0]               # sent, received (for benchmarks)
+        self.thread = threading.Thread(target=self._engine, name="shoal-mpi", daemon=True)
+        self.thread.start()
+
+    # ---------------------------------------------------- the ledger's verbs
+    def push_tasks(self, slot: int, frames: list, start: int = 0) -> int:
+        part = frames[start:] if start else frames
+        with self.lock:
+            self.out[slot].extend(part)
+            self.pushed[slot] += sum(1 for f in part if f[0])
+        self.wake.set()
+        return len(frames)
+
+    def push_task(self, slot: int, task_id: int, kind: int, flags: int, data: bytes) -> bool:
+        with self.lock:
+            self.out[slot].append((task_id, kind, flags, data))
+            if task_id:
+                self.pushed[slot] += 1
+        self.wake.set()
+        return True
+
+    def drain_by_slot(self) -> list:
+        with self.lock:
+            out = [(i, box) for i, box in enumerate(self.inbox) if box]
+            for i, _ in out:
+                self.inbox[i] = []
+        return out
+
+    def drain_slot(self, slot: int) -> list:
+        with self.lock:
+            box, self.inbox[slot] = self.inbox[slot], []
+        return box
+
+    def queued(self, slot: int) -> int:
+        return self.pushed[slot] - self.taken[slot]
+
+    def pick_slot(self, max_queued: int, max_task_ns: int) -> int:
+        loads = [self.queued(i) for i in range(self.slots)]
+        return -1 - loads.index(min(loads))
+
+    def task_ns(self, slot: int) -> int:
+        return 0
+
+    def slot_state(self, slot: int) -> tuple[int, int]:
+        return 0, 0  # what a rank runs is not mirrored here
+
+    def doorbell(self) -> int:
+        return self.bell
+
+    def ring_doorbell(self) -> None:
+        with self.cv:
+            self.bell += 1
+            self.cv.notify_all()
+
+    def wait_driver(self, seen: int, timeout: float | None, spin_us: float = 0.0) -> None:
+        with self.cv:
+            if self.bell == seen:
+                self.cv.wait(timeout)
+
+    def reset_slot(self, slot: int) -> None:
+        pass
+
+    def set_pid(self, slot: int, pid: int) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        """Stops the engine thread once everything pushed has been sent."""
+        self.stopping = True
+        self.wake.set()
+        if self.thread.is_alive():
+            import threading
+
+            if threading.current_thread() is not self.thread:
+                self.thread.join()
+
+    # ---------------------------------------------------- the engine thread
+    def _engine(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # noqa: BLE001 - the ledger's waiters must hear of it
+            self.error = exc
+            import traceback
+
+            print(f"shoal: the mpi backend's engine thread failed:\n{traceback.format_exc()}",
+                  file=sys.stderr)
+            self.ring_doorbell()
+
+    def _loop(self) -> None:
+        from . import _core
+
+        MPI, comm = self.MPI, self.comm
+        pack, unpack = _core.pack_frames, _core.unpack_frames
+        st = MPI.Status()
+        sends: list = []   # (request, message) until the send completes
+        idle_since = time.monotonic()
+        sleep = 0.00005
+        while True:
+            busy = False
+            with self.lock:
+                outs = [(i, box) for i, box in enumerate(self.out) if box]
+                for i, _ in outs:
+                    self.out[i] = []
+            for i, frames in outs:
+                msg = pack(frames)
+                sends.append((comm.Isend([msg, MPI.BYTE], dest=self.ranks[i], tag=TAG_TASKS),
+                              msg))
+                self.messages[0] += 1
+                busy = True
+            if sends:
+                sends = [s for s in sends if not s[0].Test()]
+            got = False
+            while comm.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_RESULTS, status=st):
+                src = st.Get_source()
+                buf = bytearray(st.Get_count(MPI.BYTE))
+                comm.Recv([buf, MPI.BYTE], source=src, tag=TAG_RESULTS)
+                self.messages[1] += 1
+                frames = unpack(bytes(buf))
+                slot = self.slot_of[src]
+                if frames and frames[-1][0] == 0 and frames[-1][3][:len(TAKEN)] == TAKEN:
+                    self.taken[slot] += int.from_bytes(frames.pop()[3][len(TAKEN):], "little")
+                with self.lock:
+                    self.inbox[slot].extend(frames)
+                got = True
+            if got:
+                self.ring_doorbell()
+                busy = True
+            if busy:
+                idle_since = time.monotonic()
+                sleep = 0.00005
+                continue
+            if self.stopping and not sends:
+                with self.lock:
+                    if not any(self.out):
+                        return
+                continue
+            # Idle: spin a little (a result is often microseconds away), then
+            # sleep in growing steps; new frames to send wake it at once.
+            if time.monotonic() - idle_since < SPIN_S:
+                continue
+            self.wake.wait(sleep)
+            self.wake.clear()
+            sleep = min(sleep * 2, MAX_SLEEP_S)
