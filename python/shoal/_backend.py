@@ -101,13 +101,26 @@ def register(cls: type[Backend]) -> type[Backend]:
 
 # Built-in backends, imported on first use: the threads backend must not pay
 # for the process engine.
-_BUILTIN = {"processes": "._backend_processes", "threads": "._backend_threads"}
+_BUILTIN = {"processes": "._backend_processes", "threads": "._backend_threads",
+            "mpi": "._backend_mpi"}
 
 
 def available() -> list[str]:
     """Every backend name create() accepts: the built-in ones (loaded or not)
     and those registered since."""
     return sorted(set(_BUILTIN) | set(_REGISTRY))
+
+
+def default_workers(name: str) -> int:
+    """What ``workers=None`` means for backend ``name``: the CPUs this job
+    may use, or (mpi) the serving ranks."""
+    _load_builtin(name)
+    cls = _REGISTRY.get(name)
+    if cls is not None and hasattr(cls, "default_workers"):
+        return cls.default_workers()
+    from .allocation import default_workers as cpus
+
+    return cpus()
 
 
 def create(name: str, workers: int, **options: Any) -> Backend:

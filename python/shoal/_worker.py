@@ -250,6 +250,11 @@ class Worker:
             for fn_id in msg["forget"]:
                 self.fns.pop(fn_id, None)
             return
+        if msg.get("reset"):
+            # A new pool on a long-lived worker (an MPI rank): its function
+            # ids start over.
+            self.fns.clear()
+            self.done = 0
         if "sys_path" in msg:
             sys.path[:] = msg["sys_path"]
         if msg.get("authkey"):

@@ -43,9 +43,9 @@ class _Star:
         return (_Star, (self.fn,))
 
 
-def _resolve_workers(workers: int | None, what: str) -> int:
+def _resolve_workers(workers: int | None, what: str, backend: str = "processes") -> int:
     if workers is None:
-        return default_workers()
+        return _backend.default_workers(backend) if backend != "processes" else default_workers()
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"{what} must be a positive integer or None, got {workers!r}")
     return workers
@@ -192,11 +192,12 @@ class Pool:
         max_tasks_per_worker = _resolve_max_tasks(max_tasks_per_worker, "max_tasks_per_worker")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
-        self._workers = _resolve_workers(workers, "workers")
+        self._workers = _resolve_workers(workers, "workers", backend)
         self._backend = _backend.create(backend, self._workers, initializer=initializer,
                                         initargs=tuple(initargs),
                                         max_tasks_per_worker=max_tasks_per_worker,
                                         retries=retries)
+        self._workers = self._backend.workers  # (mpi: at most the serving ranks)
         self._state = "running"
         self._lock = threading.Lock()
 
@@ -352,15 +353,16 @@ class Executor(cf.Executor):
         if isinstance(max_workers, int) and not isinstance(max_workers, bool) \
                 and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")  # concurrent.futures' words
-        self._workers = _resolve_workers(max_workers, "max_workers")
+        self._workers = _resolve_workers(max_workers, "max_workers", backend)
         max_tasks_per_worker = _resolve_max_tasks(max_tasks_per_worker, "max_tasks_per_worker")
-        self._max_workers = self._workers  # what concurrent.futures' executors call it (dask reads it)
         if task_timeout is not None and task_timeout <= 0:
             raise ValueError(f"task_timeout must be > 0, got {task_timeout}")
         self._backend = _backend.create(backend, self._workers, initializer=initializer,
                                         initargs=tuple(initargs),
                                         max_tasks_per_worker=max_tasks_per_worker,
                                         retries=retries)
+        self._workers = self._backend.workers  # (mpi: at most the serving ranks)
+        self._max_workers = self._workers  # what concurrent.futures' executors call it (dask reads it)
         # concurrent.futures lets submitted work finish at interpreter exit.
         getattr(self._backend, "finish_at_exit", lambda: None)()
         self._task_timeout = task_timeout

@@ -1,0 +1,155 @@
+"""shoal's mpi backend beside mpi4py.futures, under the same launcher, in one run.
+
+    mpirun -n 3 python benchmarks/mpi/bench_mpi.py [--quick] [--repeats R]
+
+Every rank runs this script. Each row runs twice: with mpi4py.futures'
+``MPICommExecutor`` and with shoal's (``shoal.mpi.MPICommExecutor``, the
+drop-in), the same ranks serving both (rank 0 submits, the others serve).
+Medians of the repeats; ratios are mpi4py.futures' time over shoal's.
+Goals (issue 10), with 3 ranks (root + 2 serving):
+  1  map(f, range(20_000), chunksize=1), trivial f            >= 20x
+  2  20,000 x submit(f, i), then all results                   >= 10x
+  3  submit(f, i).result() one after another (round trip)      <= 1/10 of mpi4py.futures'
+  4  map(f, range(200_000)), automatic chunks vs chunksize=1000 >= 1.5x
+  5  eight 64 MiB numpy chunks summed on the serving ranks      >= 2x
+  6  the course's integration (pure Python, n = 3000), speedup over serial >= 1.8x
+Also printed: MPI messages the root sent and received per task (shoal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+
+import numpy as np
+from mpi4py import MPI
+from mpi4py.futures import MPICommExecutor as Mpi4pyExecutor
+
+import shoal.mpi
+
+
+def trivial(x):
+    return x
+
+
+def chunk_sum(a):
+    return float(a.sum())
+
+
+def rows(args):
+    """The course's 2D integration of sin(x+y): rows [i0, i1) of an n x n grid."""
+    i0, i1, n = args
+    h = math.pi / n
+    s = 0.0
+    for i in range(i0, i1):
+        x = h * (i + 0.5)
+        for j in range(n):
+            s += math.sin(x + h * (j + 0.5))
+    return s
+
+
+def timed(fn, repeats):
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def rows_of(ex, quick, repeats, arrays, n_int):
+    n1 = 2_000 if quick else 20_000
+    n4 = 20_000 if quick else 200_000
+    rt = 200 if quick else 2_000
+    out = {}
+    out[1] = timed(lambda: list(ex.map(trivial, range(n1), chunksize=1)), repeats)
+    out[2] = timed(lambda: [f.result() for f in [ex.submit(trivial, i) for i in range(n1)]],
+                   repeats)
+
+    def round_trips():
+        for i in range(rt):
+            ex.submit(trivial, i).result()
+    out[3] = timed(round_trips, repeats) / rt
+    out[5] = timed(lambda: list(ex.map(chunk_sum, arrays)), repeats)
+    blocks = 16
+    step = -(-n_int // blocks)
+    parts = [(i, min(i + step, n_int), n_int) for i in range(0, n_int, step)]
+    out[6] = timed(lambda: list(ex.map(rows, parts)), max(1, repeats // 2))
+    out["n4"] = n4
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    comm = MPI.COMM_WORLD
+    quick, repeats = args.quick, args.repeats
+    n_int = 600 if quick else 3000
+    mib = 4 if quick else 64
+    arrays = [np.ones(mib * 2**20 // 8) for _ in range(8)] if comm.rank == 0 else []
+    results = {}
+    with Mpi4pyExecutor(comm, root=0) as ex:
+        if ex is not None:
+            r = rows_of(ex, quick, repeats, arrays, n_int)
+            n4 = r.pop("n4")
+            r[4] = timed(lambda: list(ex.map(trivial, range(n4), chunksize=1000)), repeats)
+            results["mpi4py"] = r
+    with shoal.mpi.MPICommExecutor(comm, root=0) as ex:
+        if ex is not None:
+            chan = None
+            r = rows_of(ex, quick, repeats, arrays, n_int)
+            n4 = r.pop("n4")
+            r[4] = timed(lambda: list(ex.map(trivial, range(n4), chunksize=None)), repeats)
+            # messages per task, on a fresh executor's channel
+            eng = ex._backend._engine
+            chan = eng.chan
+            sent0, recv0 = chan.messages
+            list(ex.map(trivial, range(n4), chunksize=None))
+            sent, recv = chan.messages[0] - sent0, chan.messages[1] - recv0
+            cpu0 = time.process_time()
+            list(ex.map(trivial, range(n4), chunksize=None))
+            cpu = time.process_time() - cpu0
+            results["shoal"] = r
+            results["msgs"] = (sent / n4, recv / n4, cpu / n4)
+    if comm.rank != 0:
+        return 0
+    serial = timed(lambda: rows((0, n_int, n_int)), 1)
+    m, s = results["mpi4py"], results["shoal"]
+    print(f"shoal mpi backend vs mpi4py.futures: {comm.size} ranks (root + {comm.size - 1} "
+          f"serving), medians of {repeats}, {'quick' if quick else 'full'} sizes, "
+          f"{MPI.Get_library_version().splitlines()[0][:40]}")
+    print()
+    print(f"{'goal':<5}{'workload':<58}{'mpi4py.futures':>16}{'shoal':>12}{'ratio':>9}"
+          f"{'target':>9}  status")
+
+    def row(goal, what, a, b, target, unit="s"):
+        ratio = a / b
+        ok = ratio >= target
+        fa = f"{a * 1e6:.1f} us" if unit == "us" else f"{a:.3f} s"
+        fb = f"{b * 1e6:.1f} us" if unit == "us" else f"{b:.3f} s"
+        print(f"{goal:<5}{what:<58}{fa:>16}{fb:>12}{ratio:>8.2f}x{target:>8.1f}x  "
+              f"{'PASS' if ok else 'FAIL'}")
+
+    n1 = 2_000 if quick else 20_000
+    row(1, f"map(f, range({n1:,}), chunksize=1)", m[1], s[1], 20)
+    row(2, f"{n1:,} x submit(f, i), then all results", m[2], s[2], 10)
+    row(3, "submit(f, i).result() one after another (per round trip)", m[3], s[3], 10, "us")
+    n4 = 20_000 if quick else 200_000
+    row(4, f"map(f, range({n4:,})): auto chunks vs chunksize=1000", m[4], s[4], 1.5)
+    row(5, f"eight {mib} MiB numpy chunks summed on the serving ranks", m[5], s[5], 2)
+    print(f"6    the course's integration, n = {n_int}, 16 row blocks: serial {serial:.3f} s, "
+          f"mpi4py.futures {m[6]:.3f} s ({serial / m[6]:.2f}x), shoal {s[6]:.3f} s "
+          f"({serial / s[6]:.2f}x); target >= 1.8x: {'PASS' if serial / s[6] >= 1.8 else 'FAIL'}")
+    sent, recv, cpu = results["msgs"]
+    print(f"7    root, map of {n4:,} trivial tasks (auto chunks): {sent:.5f} messages sent and "
+          f"{recv:.5f} received per task, {cpu * 1e6:.2f} us of root CPU per task")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

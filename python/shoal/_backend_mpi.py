@@ -1,0 +1,154 @@
+"""``backend="mpi"``: the task ledger (shoal/_engine.py) over MPI messages.
+
+    rank 0 (the script)                               ranks 1..n-1
+    -------------------                               ------------
+    Pool / Executor ── the ledger (Engine) ──>        serve(): the processes backend's
+      submit, maps, backlog, retries, cancel           worker loop (shoal._worker.Worker)
+      chan = RootChannel: PoolChannel's verbs           over a RankChannel
+        ── frame batches (shoal/frame_batch.hpp) ──>    functions once per rank, tasks as
+        <── result batches ──────────────────────       Call / Batch frames, results batched
+
+The ledger is the processes backend's, unchanged: only the transport hooks
+differ (shoal/_mpi_transport.py moves the frames). One pool at a time uses
+the serving ranks; they live as long as the job, so an initializer's state
+stays in them after its pool closes (as with mpi4py.futures' workers).
+
+A rank that dies ends an Open MPI job (the launcher kills the other ranks);
+shoal's root then says which tasks each rank held before it goes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import weakref
+from typing import Any, Callable
+
+from . import _serialize
+from ._backend import register
+from ._engine import Engine, EngineBackend
+
+CONTROL = 6
+
+_open: "weakref.WeakSet[_MPIEngine]" = weakref.WeakSet()
+_open_lock = threading.Lock()
+
+
+class _MPIEngine(Engine):
+    """The ledger over a RootChannel; slot i is the i-th serving rank."""
+
+    def __init__(self, workers: int, initializer: Callable | None, initargs: tuple,
+                 max_tasks_per_worker: int | None, retries: int) -> None:
+        from . import mpi as _mpi_api
+        from ._mpi_transport import MPIError, RootChannel
+
+        comm, root = _mpi_api.current()
+        with _open_lock:
+            if any(not e.stopped for e in _open):
+                raise MPIError("another backend='mpi' pool is open: the serving ranks run one "
+                               "pool at a time; close it first")
+            chan = RootChannel(comm, root, workers)
+            super().__init__(chan, chan.slots, initializer, initargs, max_tasks_per_worker,
+                             retries)
+            _open.add(self)
+        self.comm, self.root = comm, root
+        for s in self.slots:
+            self._start_worker(s)
+        self._start_collector()
+
+    # ---------------------------------------------------- transport hooks
+    def _take_exits(self) -> list:
+        err = self.chan.error
+        if err is not None and self.broken is None:
+            from ._errors import BrokenPool
+
+            self._break(BrokenPool(f"the mpi backend's engine thread failed: {err!r}"))
+        return []  # a dead rank ends the whole job (the launcher's doing)
+
+    def _start_worker(self, s) -> None:
+        self._reset_slot(s)
+        s.pid = self.chan.ranks[s.index]  # the rank, where a process pool has a pid
+        msg = {"reset": True, "sys_path": list(sys.path), "init": self.init_data}
+        self.chan.push_tasks(s.index, [(0, CONTROL, 0, _serialize.dumps(msg).data)])
+
+    def _kill(self, pid: int) -> None:
+        pass  # a rank cannot be killed and replaced; time limits are refused at submit
+
+    def _stop_workers(self, grace: float) -> None:
+        pass  # the ranks serve on, for the next pool; the job's end says goodbye
+
+    def _release_transport(self) -> None:
+        self.chan.shutdown()
+
+
+@register
+class MPIBackend(EngineBackend):
+    """Python callables on the serving ranks of an MPI job (``python -m
+    shoal.mpi``, or inside ``shoal.mpi.MPICommExecutor``). ``workers``: how
+    many serving ranks to use, at most all of them."""
+
+    name = "mpi"
+    workers_use_cpus = False  # ranks, wherever the launcher put them
+
+    @staticmethod
+    def default_workers() -> int:
+        from . import mpi as _mpi_api
+
+        comm, _ = _mpi_api.current()
+        return comm.Get_size() - 1
+
+    def __init__(self, workers: int, *, initializer: Callable | None = None,
+                 initargs: tuple = (), max_tasks_per_worker: int | None = None,
+                 retries: int = 0) -> None:
+        from . import mpi as _mpi_api
+
+        comm, _ = _mpi_api.current()
+        workers = min(workers, comm.Get_size() - 1)
+        super().__init__(workers, initializer=initializer, initargs=initargs,
+                         max_tasks_per_worker=max_tasks_per_worker, retries=retries)
+        if max_tasks_per_worker is not None:
+            raise ValueError("max_tasks_per_worker is not available on the mpi backend: a rank "
+                             "cannot be replaced")
+        self._engine = _MPIEngine(workers, initializer, initargs, None, retries)
+        self._finalizer = weakref.finalize(self, _finalize, self._engine)
+
+    def submit(self, fn: Callable, args: tuple = (), kwargs: dict | None = None, *,
+               timeout: float | None = None) -> Any:
+        if timeout is not None:
+            raise ValueError("per-task time limits are not available on the mpi backend yet "
+                             "(a rank cannot be killed and replaced)")
+        return super().submit(fn, args, kwargs)
+
+
+def _finalize(engine: _MPIEngine) -> None:
+    engine.terminate()
+
+
+def close_all() -> None:
+    """The end of the root's script: every pool still open lets its work
+    finish, then closes (before the serving ranks are told to leave)."""
+    for engine in list(_open):
+        try:
+            engine.shutdown(True, False)
+        except BaseException:  # noqa: BLE001 - the job ends anyway
+            pass
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """The launcher ends the job (a rank died, or mpirun got Ctrl-C): say
+    what each serving rank still held, then go."""
+    lines = []
+    host = os.uname().nodename
+    for engine in list(_open):
+        for s in engine.slots:
+            if s.tasks:
+                ids = sorted(s.tasks)
+                shown = ", ".join(map(str, ids[:8])) + (" ..." if len(ids) > 8 else "")
+                lines.append(f"  rank {s.pid}: {len(ids)} task(s) unfinished (ids {shown})")
+    if lines:
+        sys.stderr.write(f"shoal: the MPI job is being ended (signal {signum} on rank 0, "
+                         f"{host}); the launcher names a rank that died. Tasks in flight:\n"
+                         + "\n".join(lines) + "\n")
+        sys.stderr.flush()
+    os._exit(128 + signum)
