@@ -31,12 +31,11 @@ import sys
 import threading
 import time
 import weakref
-from concurrent.futures import Future
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable
 
-from . import _engine, _serialize
-from ._backend import Backend, register
-from ._engine import CONTROL, Engine, _Slot
+from . import _serialize
+from ._backend import register
+from ._engine import CONTROL, Engine, EngineBackend, _Slot
 
 #: per-ring bytes (each worker has a task ring and a result ring)
 RING_BYTES = 1 << 20
@@ -599,8 +598,9 @@ def _finalize(engine: _Engine) -> None:
 
 
 @register
-class ProcessBackend(Backend):
-    """Workers are fresh interpreters started by the C++ supervisor."""
+class ProcessBackend(EngineBackend):
+    """Workers are forked or fresh interpreters started by the C++ supervisor,
+    on shared-memory rings (the Pool/Executor entry points: EngineBackend)."""
 
     name = "processes"
 
@@ -620,64 +620,6 @@ class ProcessBackend(Backend):
         self._engine = _Engine(workers, initializer, initargs, max_tasks_per_worker, retries,
                                ring_bytes)
         self._finalizer = weakref.finalize(self, _finalize, self._engine)
-
-    def submit(self, fn: Callable, args: tuple = (), kwargs: dict | None = None, *,
-               timeout: float | None = None) -> Future:
-        if not callable(fn):
-            raise TypeError(f"{fn!r} is not callable")
-        return self._engine.submit(fn, tuple(args), kwargs or None, timeout)
-
-    def submitter(self) -> Callable[[Callable, tuple, "dict | None", "float | None"], Future]:
-        return self._engine.submit  # checks callable(fn) when it first meets fn
-
-    def map(self, fn: Callable, iterable: Iterable, *, chunksize: int | None = None,
-            ordered: bool = True, timeout: float | None = None) -> Iterator[Any]:
-        if not callable(fn):
-            raise TypeError(f"{fn!r} is not callable")
-        return self._engine.map(fn, iterable, chunksize, ordered, timeout)
-
-    def map_eager(self, fn: Callable, items: list, *, chunksize: int | None = None,
-                  timeout: float | None = None) -> Iterator[Any]:
-        if not callable(fn):
-            raise TypeError(f"{fn!r} is not callable")
-        return self._engine.map(fn, items, chunksize, True, timeout, eager=True)
-
-    def map_list(self, fn: Callable, iterable: Iterable, *,
-                 chunksize: int | None = None) -> list:
-        """``list(map(...))`` without a generator step per item."""
-        if not callable(fn):
-            raise TypeError(f"{fn!r} is not callable")
-        out: list = []
-        extend = out.extend
-        for parts in self._engine.map(fn, iterable, chunksize, True, None, chunks=True):
-            for part in parts:
-                extend(part)
-        return out
-
-    def cancel_running(self, future: Future) -> bool:
-        return self._engine.cancel_running(future)
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        self._engine.shutdown(wait, cancel_futures)
-
-    def terminate(self) -> None:
-        self._engine.terminate()
-
-    def finish_at_exit(self) -> None:
-        """Let submitted work finish at interpreter exit (Executor semantics);
-        without this (Pool semantics) exit terminates the workers."""
-        if _engine.interpreter_exiting():
-            # Made in an atexit callback: it accepts no task, as in
-            # concurrent.futures, and stops now (no exit hook would stop it
-            # any more: its workers and threads outlived the interpreter's end).
-            self._engine.terminate()
-            return
-        _engine.finish_at_exit(self)
-
-    @property
-    def pids(self) -> list[int]:
-        """The live workers' process ids (for tests and monitoring)."""
-        return self._engine.worker_pids()
 
     @property
     def helper_pids(self) -> list[int]:

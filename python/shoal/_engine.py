@@ -92,6 +92,7 @@ from concurrent.futures._base import (CANCELLED as _CANCELLED,
 from typing import Any, Callable, Iterable, Iterator
 
 from . import _serialize
+from ._backend import Backend
 from ._mapping import time_left
 from ._errors import (BrokenPool, RemoteTraceback, SerializationError, TaskTimeout,
                       WorkerLost, serialization_error)
@@ -1633,3 +1634,69 @@ def _at_exit() -> None:
 
 if hasattr(threading, "_register_atexit"):  # before atexit: threads still usable
     threading._register_atexit(_at_exit)
+
+
+class EngineBackend(Backend):
+    """What a backend over the ledger offers the front ends (Pool, Executor):
+    every call goes to its ``_engine`` (an Engine subclass the transport's
+    backend makes in its __init__)."""
+
+    _engine: Engine
+
+    def submit(self, fn: Callable, args: tuple = (), kwargs: dict | None = None, *,
+               timeout: float | None = None) -> Future:
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        return self._engine.submit(fn, tuple(args), kwargs or None, timeout)
+
+    def submitter(self) -> Callable[[Callable, tuple, "dict | None", "float | None"], Future]:
+        return self._engine.submit  # checks callable(fn) when it first meets fn
+
+    def map(self, fn: Callable, iterable: Iterable, *, chunksize: int | None = None,
+            ordered: bool = True, timeout: float | None = None) -> Iterator[Any]:
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        return self._engine.map(fn, iterable, chunksize, ordered, timeout)
+
+    def map_eager(self, fn: Callable, items: list, *, chunksize: int | None = None,
+                  timeout: float | None = None) -> Iterator[Any]:
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        return self._engine.map(fn, items, chunksize, True, timeout, eager=True)
+
+    def map_list(self, fn: Callable, iterable: Iterable, *,
+                 chunksize: int | None = None) -> list:
+        """``list(map(...))`` without a generator step per item."""
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        out: list = []
+        extend = out.extend
+        for parts in self._engine.map(fn, iterable, chunksize, True, None, chunks=True):
+            for part in parts:
+                extend(part)
+        return out
+
+    def cancel_running(self, future: Future) -> bool:
+        return self._engine.cancel_running(future)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._engine.shutdown(wait, cancel_futures)
+
+    def terminate(self) -> None:
+        self._engine.terminate()
+
+    def finish_at_exit(self) -> None:
+        """Let submitted work finish at interpreter exit (Executor semantics);
+        without this (Pool semantics) exit terminates the workers."""
+        if interpreter_exiting():
+            # Made in an atexit callback: it accepts no task, as in
+            # concurrent.futures, and stops now (no exit hook would stop it
+            # any more: its workers and threads outlived the interpreter's end).
+            self._engine.terminate()
+            return
+        finish_at_exit(self)
+
+    @property
+    def pids(self) -> list[int]:
+        """The live workers' process ids (for tests and monitoring)."""
+        return self._engine.worker_pids()

@@ -35,7 +35,7 @@ CONTROL = 6  # frame kind (shoal/frame.hpp)
 FLUSH_BYTES = 1 << 20
 FLUSH_SECONDS = 0.002
 #: how long a waiting rank spins before it starts to sleep, and its longest sleep
-SPIN_S = float(os.environ.get("SHOAL_MPI_SPIN_US", "200")) * 1e-6
+SPIN_S = float(os.environ.get("SHOAL_MPI_SPIN_US", "20000")) * 1e-6
 MAX_SLEEP_S = 0.001
 
 LAUNCH_HINT = ("start the script with an MPI launcher, e.g.\n"
@@ -100,6 +100,7 @@ class RankChannel:
         self.first_out = 0.0
         self.is_shutdown = False
         self.took = 0  # task frames taken since the last flush
+        self.last_message = 0.0  # when the root's latest message came
         self.status = self.MPI.Status()
 
     # -------------------------------------------------------- results
@@ -137,15 +138,17 @@ class RankChannel:
         self.flush()
         comm, st, root = self.comm, self.status, self.root
         deadline = None if timeout is None else time.monotonic() + timeout
-        start = time.monotonic()
         sleep = 0.00005
         while not comm.Iprobe(source=root, tag=self.MPI.ANY_TAG, status=st):
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 return []
-            if now - start > SPIN_S:
+            if now - self.last_message < SPIN_S:
+                os.sched_yield()  # spin, but let a process that has work run first
+            else:
                 time.sleep(sleep)
                 sleep = min(sleep * 2, MAX_SLEEP_S)
+        self.last_message = time.monotonic()
         n = st.Get_count(self.MPI.BYTE)
         buf = bytearray(n)
         comm.Recv([buf, self.MPI.BYTE], source=root, tag=st.Get_tag())
@@ -359,6 +362,7 @@ class RootChannel:
             # Idle: spin a little (a result is often microseconds away), then
             # sleep in growing steps; new frames to send wake it at once.
             if time.monotonic() - idle_since < SPIN_S:
+                os.sched_yield()
                 continue
             self.wake.wait(sleep)
             self.wake.clear()

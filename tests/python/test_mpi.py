@@ -51,8 +51,15 @@ def last_json(r):
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def shm_left(prefix: str = "shoal.") -> list[str]:
-    return [f for f in os.listdir("/dev/shm") if f.startswith(prefix)]
+def shm_orphans() -> list[str]:
+    """shoal's segments whose creator (shoal.<pid>.*) is gone."""
+    out = []
+    for f in os.listdir("/dev/shm"):
+        parts = f.split(".")
+        if parts[0] == "shoal" and len(parts) > 2 and parts[1].isdigit():
+            if not os.path.exists(f"/proc/{parts[1]}"):
+                out.append(f)
+    return out
 
 
 POOL_SCRIPT = """
@@ -228,7 +235,7 @@ with shoal.Pool(backend="mpi") as pool:
 
 
 def test_a_rank_killed_mid_job_ends_the_job_promptly_and_leaves_nothing(tmp_path):
-    before = set(shm_left())
+    before = set(shm_orphans())
     t0 = time.monotonic()
     r = mpirun(3, sys.executable, "-m", "shoal.mpi", script(tmp_path, RANK_DIES), timeout=120)
     assert r.returncode != 0
@@ -236,7 +243,7 @@ def test_a_rank_killed_mid_job_ends_the_job_promptly_and_leaves_nothing(tmp_path
     text = r.stdout + r.stderr
     assert "rank 2" in text or "rank=2" in text, text
     time.sleep(1)
-    assert set(shm_left()) <= before
+    assert set(shm_orphans()) <= before
     ps = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
     assert ps.stdout.strip() == "", ps.stdout
 

@@ -80,6 +80,13 @@ def main(argv: list[str]) -> int:
     _comm, _root = comm, 0
     if comm.Get_rank() != 0:
         return _t.serve(comm, 0)
+    import signal
+
+    from .. import _backend_mpi
+
+    # The launcher ends the job with SIGTERM (a rank died, Ctrl-C of mpirun):
+    # say what each rank still held.
+    signal.signal(signal.SIGTERM, _backend_mpi._on_sigterm)
     code = 0
     try:
         _run_as_main(argv)
