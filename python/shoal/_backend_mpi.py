@@ -19,6 +19,7 @@ shoal's root then says which tasks each rank held before it goes.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import threading
@@ -32,6 +33,7 @@ from ._engine import Engine, EngineBackend
 CONTROL = 6
 
 _open: "weakref.WeakSet[_MPIEngine]" = weakref.WeakSet()
+_epochs = itertools.count(1)
 _open_lock = threading.Lock()
 
 
@@ -48,9 +50,14 @@ class _MPIEngine(Engine):
             if any(not e.stopped for e in _open):
                 raise MPIError("another backend='mpi' pool is open: the serving ranks run one "
                                "pool at a time; close it first")
+            for old in list(_open):
+                old.chan.shutdown()  # its engine thread gone: one thread calls MPI
             chan = RootChannel(comm, root, workers)
             super().__init__(chan, chan.slots, initializer, initargs, max_tasks_per_worker,
                              retries)
+            # Task and function ids unique to this pool: results of an
+            # earlier pool's tasks that a rank still sends match nothing here.
+            self.ids = itertools.count(next(_epochs) << 40)
             _open.add(self)
         self.comm, self.root = comm, root
         for s in self.slots:
@@ -72,6 +79,9 @@ class _MPIEngine(Engine):
         msg = {"reset": True, "sys_path": list(sys.path), "init": self.init_data}
         self.chan.push_tasks(s.index, [(0, CONTROL, 0, _serialize.dumps(msg).data)])
 
+    def _write_cancel_mark(self, upto: int, exempt: dict) -> None:
+        self.chan.cancel(upto, exempt)
+
     def _kill(self, pid: int) -> None:
         pass  # a rank cannot be killed and replaced; time limits are refused at submit
 
@@ -86,7 +96,9 @@ class _MPIEngine(Engine):
 class MPIBackend(EngineBackend):
     """Python callables on the serving ranks of an MPI job (``python -m
     shoal.mpi``, or inside ``shoal.mpi.MPICommExecutor``). ``workers``: how
-    many serving ranks to use, at most all of them."""
+    many serving ranks to use, at most all of them. ``max_tasks_per_worker``
+    is accepted and not used (a rank is not replaced); ``retries`` has
+    nothing to retry (a rank that dies ends the job)."""
 
     name = "mpi"
     workers_use_cpus = False  # ranks, wherever the launcher put them
@@ -107,9 +119,8 @@ class MPIBackend(EngineBackend):
         workers = min(workers, comm.Get_size() - 1)
         super().__init__(workers, initializer=initializer, initargs=initargs,
                          max_tasks_per_worker=max_tasks_per_worker, retries=retries)
-        if max_tasks_per_worker is not None:
-            raise ValueError("max_tasks_per_worker is not available on the mpi backend: a rank "
-                             "cannot be replaced")
+        # max_tasks_per_worker is accepted for the common contract and not
+        # used, as on the threads backend: a rank is not replaced.
         self._engine = _MPIEngine(workers, initializer, initargs, None, retries)
         self._finalizer = weakref.finalize(self, _finalize, self._engine)
 

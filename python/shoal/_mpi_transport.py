@@ -29,7 +29,7 @@ import sys
 import time
 
 #: message tags on shoal's own communicator
-TAG_TASKS, TAG_RESULTS, TAG_BYE = 7101, 7102, 7103
+TAG_TASKS, TAG_RESULTS, TAG_BYE, TAG_CANCEL = 7101, 7102, 7103, 7104
 CONTROL = 6  # frame kind (shoal/frame.hpp)
 #: results a serving rank keeps before it sends them anyway
 FLUSH_BYTES = 1 << 20
@@ -101,6 +101,12 @@ class RankChannel:
         self.is_shutdown = False
         self.took = 0  # task frames taken since the last flush
         self.last_message = 0.0  # when the root's latest message came
+        # shutdown(cancel_futures=True): tasks up to cancel_upto are skipped,
+        # but cancel_exempt (the root's TAG_CANCEL messages, see CancelMark)
+        self.cancel_upto = 0
+        self.cancel_exempt = 0
+        self.cancel_polled = 0.0
+        self.mark = CancelMark(self)
         self.status = self.MPI.Status()
 
     # -------------------------------------------------------- results
@@ -124,6 +130,19 @@ class RankChannel:
         msg = _core.pack_frames(self.out)
         self.out, self.out_bytes = [], 0
         self.comm.Send([msg, self.MPI.BYTE], dest=self.root, tag=TAG_RESULTS)
+
+    def poll_cancel(self) -> None:
+        """Takes the root's cancel messages (at most every 100 us)."""
+        now = time.monotonic()
+        if now - self.cancel_polled < 0.0001:
+            return
+        self.cancel_polled = now
+        st = self.status
+        while self.comm.Iprobe(source=self.root, tag=TAG_CANCEL, status=st):
+            buf = bytearray(16)
+            self.comm.Recv([buf, self.MPI.BYTE], source=self.root, tag=TAG_CANCEL)
+            self.cancel_upto = int.from_bytes(buf[:8], "little")
+            self.cancel_exempt = int.from_bytes(buf[8:], "little")
 
     def set_current(self, slot: int, task_id: int) -> None:
         pass  # the root learns what a rank held from its own records
@@ -149,10 +168,15 @@ class RankChannel:
                 time.sleep(sleep)
                 sleep = min(sleep * 2, MAX_SLEEP_S)
         self.last_message = time.monotonic()
+        tag = st.Get_tag()
+        if tag == TAG_CANCEL:
+            self.cancel_polled = 0.0
+            self.poll_cancel()
+            return []  # (the worker loop asks again)
         n = st.Get_count(self.MPI.BYTE)
         buf = bytearray(n)
-        comm.Recv([buf, self.MPI.BYTE], source=root, tag=st.Get_tag())
-        if st.Get_tag() == TAG_BYE:
+        comm.Recv([buf, self.MPI.BYTE], source=root, tag=tag)
+        if tag == TAG_BYE:
             self.is_shutdown = True
             return []
         from . import _core
@@ -160,6 +184,24 @@ class RankChannel:
         frames = _core.unpack_frames(bytes(buf))
         self.took += sum(1 for f in frames if f[0])
         return frames
+
+
+class CancelMark:
+    """What shoal._worker.Worker reads as its cancel mark (the processes
+    backend maps a shared segment there): [0] the highest cancelled task id,
+    [1 + slot] the one task let through; here from the root's messages."""
+
+    __slots__ = ("chan",)
+
+    def __init__(self, chan: RankChannel) -> None:
+        self.chan = chan
+
+    def __len__(self) -> int:
+        return 1 << 30
+
+    def __getitem__(self, i: int) -> int:
+        self.chan.poll_cancel()
+        return self.chan.cancel_upto if i == 0 else self.chan.cancel_exempt
 
 
 def serve(comm, root: int = 0) -> int:
@@ -170,6 +212,7 @@ def serve(comm, root: int = 0) -> int:
     chan = RankChannel(comm, root)
     worker = _worker.Worker(comm.Get_rank(), os.getppid(), chan=chan)
     worker.dumps = _inline_dumps
+    worker.cancel_mark = chan.mark
     worker.serve()
     chan.flush()
     return 0
@@ -225,6 +268,7 @@ class RootChannel:
         self.stopping = False
         self.error: BaseException | None = None
         self.messages = [0, 0]               # sent, received (for benchmarks)
+        self.cancels: list = []              # (rank, upto, exempt) for the engine thread
         self.thread = threading.Thread(target=self._engine, name="shoal-mpi", daemon=True)
         self.thread.start()
 
@@ -258,7 +302,8 @@ class RootChannel:
         return box
 
     def queued(self, slot: int) -> int:
-        return self.pushed[slot] - self.taken[slot]
+        # (an earlier pool's frames taken late count here too: never below 0)
+        return max(0, self.pushed[slot] - self.taken[slot])
 
     def pick_slot(self, max_queued: int, max_task_ns: int) -> int:
         loads = [self.queued(i) for i in range(self.slots)]
@@ -282,6 +327,13 @@ class RootChannel:
         with self.cv:
             if self.bell == seen:
                 self.cv.wait(timeout)
+
+    def cancel(self, upto: int, exempt: dict) -> None:
+        """Serving ranks skip the tasks up to ``upto`` they have not started,
+        but ``exempt[slot]`` (shutdown(cancel_futures=True))."""
+        with self.lock:
+            self.cancels += [(self.ranks[i], upto, exempt.get(i, 0)) for i in range(self.slots)]
+        self.wake.set()
 
     def reset_slot(self, slot: int) -> None:
         pass
@@ -326,6 +378,10 @@ class RootChannel:
                 outs = [(i, box) for i, box in enumerate(self.out) if box]
                 for i, _ in outs:
                     self.out[i] = []
+                cancels, self.cancels = self.cancels, []
+            for rank, upto, exempt in cancels:
+                msg = upto.to_bytes(8, "little") + exempt.to_bytes(8, "little")
+                sends.append((comm.Isend([msg, MPI.BYTE], dest=rank, tag=TAG_CANCEL), msg))
             for i, frames in outs:
                 msg = pack(frames)
                 sends.append((comm.Isend([msg, MPI.BYTE], dest=self.ranks[i], tag=TAG_TASKS),

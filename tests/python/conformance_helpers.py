@@ -260,7 +260,16 @@ BACKENDS = os.environ.get("SHOAL_TEST_BACKENDS", "processes,threads").split(",")
 
 #: what the mpi backend does not offer (a rank cannot be killed and replaced)
 NOT_ON_MPI = {"timeout": "per-task time limits", "kill": "killing a worker",
-              "max_tasks": "max_tasks_per_worker", "cancel_running": "cancelling a running task"}
+              "max_tasks": "max_tasks_per_worker", "cancel_running": "cancelling a running task",
+              "driver": "driver in a fresh process (outside the MPI job: test_mpi.py starts "
+                        "such drivers with mpirun)"}
+
+
+def serving_ranks():
+    """The serving ranks of the mpi backend's job (under python -m shoal.mpi)."""
+    import shoal.mpi
+
+    return shoal.mpi.current()[0].Get_size() - 1
 
 
 def skip_on_mpi(backend, what):

@@ -175,4 +175,4 @@ except ValueError as e:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                        env=clean_env())
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "unknown backend 'nope'; the backends are: 'processes', 'threads'"
+    assert r.stdout.strip() == "unknown backend 'nope'; the backends are: 'mpi', 'processes', 'threads'"
