@@ -246,6 +246,11 @@ class _Engine(Engine):
         except BaseException:
             self.close(0)
             raise
+        if self.server is None:
+            # Then the supervisor is the only source of exits (pending_exits
+            # fill only when a fork server dies): each pass calls its C method
+            # itself, without the Python frame of _take_exits around it.
+            self._take_exits = self.sup.take_exits
         _ENGINES.add(self)
         self._start_collector()
 
@@ -463,7 +468,8 @@ class _Engine(Engine):
 
     def _take_exits(self) -> list:
         """The supervisor's exits, and the fork server's for the workers it
-        forked (slot -1 in the supervisor's: the server itself died). Lock held."""
+        forked (slot -1 in the supervisor's: the server itself died). Lock held.
+        Only for a pool with a fork server: see __init__."""
         exits = self.sup.take_exits()
         if self.server is not None or self.pending_exits:
             exits = list(exits)

@@ -1178,7 +1178,8 @@ class Engine:
             if self.stopped:
                 return 0
             exits = self._take_exits()  # first: what a dead worker sent is drained below
-            nframes = self._collect(self.chan.drain_by_slot(), fast, done)
+            groups = self.chan.drain_by_slot()
+            nframes = self._collect(groups, fast, done) if groups else 0
             for slot, pid, code, sig in exits:
                 if slot >= 0:
                     self._on_death(slot, pid, code, sig, done)
@@ -1206,8 +1207,6 @@ class Engine:
         slot's pace and the short-task set. Returns the number of frames.
         Lock held."""
         nframes = 0
-        if not groups:
-            return 0
         tasks = self.tasks
         slots = self.slots
         chan = self.chan
