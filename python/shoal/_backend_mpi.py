@@ -65,12 +65,20 @@ class _MPIEngine(Engine):
         self._start_collector()
 
     # ---------------------------------------------------- transport hooks
-    def _take_exits(self) -> list:
+    def run_pass(self, blocking: bool = True) -> int:
         err = self.chan.error
         if err is not None and self.broken is None:
             from ._errors import BrokenPool
 
-            self._break(BrokenPool(f"the mpi backend's engine thread failed: {err!r}"))
+            done: list = []
+            with self.lock:
+                self._break(BrokenPool(f"the mpi backend's engine thread failed: {err!r}"),
+                            cause=err, done=done)
+            if done:
+                self._finish(done)
+        return super().run_pass(blocking)
+
+    def _take_exits(self) -> list:
         return []  # a dead rank ends the whole job (the launcher's doing)
 
     def _start_worker(self, s) -> None:

@@ -396,8 +396,10 @@ class RootChannel:
                 buf = bytearray(st.Get_count(MPI.BYTE))
                 comm.Recv([buf, MPI.BYTE], source=src, tag=TAG_RESULTS)
                 self.messages[1] += 1
+                slot = self.slot_of.get(src)
+                if slot is None:
+                    continue  # a rank this pool does not use: an earlier pool's late results
                 frames = unpack(bytes(buf))
-                slot = self.slot_of[src]
                 if frames and frames[-1][0] == 0 and frames[-1][3][:len(TAKEN)] == TAKEN:
                     self.taken[slot] += int.from_bytes(frames.pop()[3][len(TAKEN):], "little")
                 with self.lock:

@@ -272,6 +272,14 @@ def serving_ranks():
     return shoal.mpi.current()[0].Get_size() - 1
 
 
+def need_workers(pool_or_executor, n=2):
+    """A test whose tasks must run at the same time on n workers: skipped
+    where the pool has fewer (the mpi backend under mpirun -n 2 has one)."""
+    if pool_or_executor.workers < n:
+        _pytest.skip(f"needs {n} workers running at once; this pool has "
+                     f"{pool_or_executor.workers}")
+
+
 def skip_on_mpi(backend, what):
     if backend == "mpi":
         _pytest.skip(f"the mpi backend has no {NOT_ON_MPI[what]}")

@@ -76,6 +76,7 @@ def test_imap_unordered_yields_each_result_once(pool, chunksize):
 def test_imap_unordered_yields_in_completion_order(backend, tmp_path):
     g = str(tmp_path / "g")
     with shoal.Pool(2, backend=backend) as p:
+        h.need_workers(p)
         it = p.imap_unordered(_gate_or_square, [g, 3], chunksize=1)
         first = next(it)
         assert first == 9
