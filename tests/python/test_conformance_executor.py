@@ -315,6 +315,7 @@ def test_context_manager_exit_on_exception_propagates_it(backend):
 
 # ------------------------------------------------------------------ waiting
 def test_as_completed_yields_each_future_once_in_completion_order(ex, tmp_path):
+    h.need_workers(ex)
     g = str(tmp_path / "g")
     slow = ex.submit(h.gate, g, "slow")
     fast = ex.submit(h.square, 4)
