@@ -35,7 +35,7 @@ CONTROL = 6  # frame kind (shoal/frame.hpp)
 FLUSH_BYTES = 1 << 20
 FLUSH_SECONDS = 0.002
 #: how long a waiting rank spins before it starts to sleep, and its longest sleep
-SPIN_S = float(os.environ.get("SHOAL_MPI_SPIN_US", "20000")) * 1e-6
+SPIN_S = float(os.environ.get("SHOAL_MPI_SPIN_US", "2000")) * 1e-6
 MAX_SLEEP_S = 0.001
 
 LAUNCH_HINT = ("start the script with an MPI launcher, e.g.\n"
@@ -100,6 +100,9 @@ class RankChannel:
         self.first_out = 0.0
         self.is_shutdown = False
         self.took = 0  # task frames taken since the last flush
+        self.took_msgs = 0  # ... and messages
+        self.started = 0    # monotonic ns the running task started (0: none)
+        self.task_ns = 0    # moving average of its tasks' times
         self.last_message = 0.0  # when the root's latest message came
         # shutdown(cancel_futures=True): tasks up to cancel_upto are skipped,
         # but cancel_exempt (the root's TAG_CANCEL messages, see CancelMark)
@@ -120,13 +123,15 @@ class RankChannel:
         return True
 
     def flush(self) -> None:
-        if not self.out and not self.took:
+        if not self.out and not self.took_msgs:
             return
         from . import _core
 
         if self.took:  # how many task frames this rank has taken (the root's queued())
-            self.out.append((0, CONTROL, 0, TAKEN + self.took.to_bytes(8, "little")))
-            self.took = 0
+            self.out.append((0, CONTROL, 0, TAKEN + self.took.to_bytes(8, "little")
+                             + self.took_msgs.to_bytes(8, "little")
+                             + self.task_ns.to_bytes(8, "little")))
+            self.took = self.took_msgs = 0
         msg = _core.pack_frames(self.out)
         self.out, self.out_bytes = [], 0
         self.comm.Send([msg, self.MPI.BYTE], dest=self.root, tag=TAG_RESULTS)
@@ -145,7 +150,16 @@ class RankChannel:
             self.cancel_exempt = int.from_bytes(buf[8:], "little")
 
     def set_current(self, slot: int, task_id: int) -> None:
-        pass  # the root learns what a rank held from its own records
+        # What the root needs of it: how long tasks take here (a moving
+        # average, 1/8 to the newest, as a ring's worker slot keeps), which
+        # sizes how many calls it queues for this rank (Engine._room).
+        now = time.monotonic_ns()
+        if task_id:
+            self.started = now
+        elif self.started:
+            took = now - self.started
+            self.task_ns = took if not self.task_ns else self.task_ns + (took - self.task_ns) // 8
+            self.started = 0
 
     def ring_doorbell(self) -> None:
         pass
@@ -183,6 +197,7 @@ class RankChannel:
 
         frames = _core.unpack_frames(bytes(buf))
         self.took += sum(1 for f in frames if f[0])
+        self.took_msgs += 1
         return frames
 
 
@@ -226,9 +241,15 @@ def _inline_dumps(obj):
     return _serialize.dumps(obj, threshold=sys.maxsize)
 
 
-#: a CONTROL frame of task id 0 whose payload starts so carries (u64 after it)
-#: how many task frames the rank has taken since its previous one (the
-#: root's queued() count); the root's channel consumes it
+#: a CONTROL frame of task id 0 whose payload starts so carries (three u64
+#: after it) how many task frames and messages the rank has taken since its
+#: previous one (the root's queued() count and its credit) and its average
+#: task time in ns (the root's task_ns()); the root's channel consumes it
+#: messages in flight to a rank (the one it works on, the next one ready)
+#: before the root keeps further frames back, to send them as one
+CREDIT = 2
+#: ... unless this many frames wait
+CREDIT_FRAMES = 512
 TAKEN = b"\x00shoal-taken"
 
 
@@ -261,10 +282,13 @@ class RootChannel:
         self.cv = threading.Condition(threading.Lock())
         self.bell = 0
         self.wake = threading.Event()        # new frames for the engine thread
+        self.asleep = False                  # it waits on wake (set before its last look)
         self.out: list[list] = [[] for _ in self.ranks]
         self.inbox: list[list] = [[] for _ in self.ranks]
         self.pushed = [0] * self.slots       # task frames pushed, per slot
         self.taken = [0] * self.slots        # ... and taken by the rank
+        self.in_flight = [0] * self.slots    # messages sent, not yet taken (engine thread)
+        self.task_times = [0] * self.slots   # the ranks' average task times, ns
         self.stopping = False
         self.error: BaseException | None = None
         self.messages = [0, 0]               # sent, received (for benchmarks)
@@ -278,7 +302,8 @@ class RootChannel:
         with self.lock:
             self.out[slot].extend(part)
             self.pushed[slot] += sum(1 for f in part if f[0])
-        self.wake.set()
+        if self.asleep:
+            self.wake.set()
         return len(frames)
 
     def push_task(self, slot: int, task_id: int, kind: int, flags: int, data: bytes) -> bool:
@@ -286,7 +311,8 @@ class RootChannel:
             self.out[slot].append((task_id, kind, flags, data))
             if task_id:
                 self.pushed[slot] += 1
-        self.wake.set()
+        if self.asleep:  # (a spinning engine thread sees the frame by itself)
+            self.wake.set()
         return True
 
     def drain_by_slot(self) -> list:
@@ -310,7 +336,7 @@ class RootChannel:
         return -1 - loads.index(min(loads))
 
     def task_ns(self, slot: int) -> int:
-        return 0
+        return self.task_times[slot]
 
     def slot_state(self, slot: int) -> tuple[int, int]:
         return 0, 0  # what a rank runs is not mirrored here
@@ -375,9 +401,14 @@ class RootChannel:
         while True:
             busy = False
             with self.lock:
-                outs = [(i, box) for i, box in enumerate(self.out) if box]
+                # A rank with CREDIT messages in hand gets the frames queued
+                # since as one message when it takes one: under load the
+                # messages grow, an idle rank gets a frame at once.
+                outs = [(i, box) for i, box in enumerate(self.out)
+                        if box and (self.in_flight[i] < CREDIT or len(box) >= CREDIT_FRAMES)]
                 for i, _ in outs:
                     self.out[i] = []
+                    self.in_flight[i] += 1
                 cancels, self.cancels = self.cancels, []
             for rank, upto, exempt in cancels:
                 msg = upto.to_bytes(8, "little") + exempt.to_bytes(8, "little")
@@ -401,7 +432,12 @@ class RootChannel:
                     continue  # a rank this pool does not use: an earlier pool's late results
                 frames = unpack(bytes(buf))
                 if frames and frames[-1][0] == 0 and frames[-1][3][:len(TAKEN)] == TAKEN:
-                    self.taken[slot] += int.from_bytes(frames.pop()[3][len(TAKEN):], "little")
+                    counts = frames.pop()[3]
+                    n = len(TAKEN)
+                    self.taken[slot] += int.from_bytes(counts[n:n + 8], "little")
+                    self.in_flight[slot] = max(  # (an earlier pool's late counts too)
+                        0, self.in_flight[slot] - int.from_bytes(counts[n + 8:n + 16], "little"))
+                    self.task_times[slot] = int.from_bytes(counts[n + 16:n + 24], "little")
                 with self.lock:
                     self.inbox[slot].extend(frames)
                 got = True
@@ -422,6 +458,11 @@ class RootChannel:
             if time.monotonic() - idle_since < SPIN_S:
                 os.sched_yield()
                 continue
-            self.wake.wait(sleep)
+            self.asleep = True
+            with self.lock:
+                pending = any(self.out) or self.cancels
+            if not pending:
+                self.wake.wait(sleep)
+            self.asleep = False
             self.wake.clear()
             sleep = min(sleep * 2, MAX_SLEEP_S)
