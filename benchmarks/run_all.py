@@ -25,7 +25,11 @@ BENCHMARKS = [
     ("native/integration.py", ["--n", "5000"], ["--n", "1000", "--repeats", "3"]),
     ("native/forkjoin.py", [], ["--calls", "500", "--repeats", "3"]),
     ("pool/bench_pool.py", [], ["--quick"]),
+    # under a launcher: rank 0 submits, the others serve (mpi4py.futures and shoal)
+    ("mpi/bench_mpi.py", [], ["--quick"]),
 ]
+MPIRUN = ["mpirun", "--oversubscribe", "-n", "3"]
+MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 
 
 def main() -> int:
@@ -41,10 +45,14 @@ def main() -> int:
             if not os.path.exists(path):
                 continue
             cmd = [sys.executable, path, *(quick if args.quick else full)]
-            header = f"\n=== {' '.join(['python', 'benchmarks/' + script, *cmd[2:]])}  ({time.strftime('%Y-%m-%d %H:%M:%S')})\n"
+            launcher = MPIRUN if script.startswith("mpi/") else []
+            header = (f"\n=== {' '.join([*launcher, 'python', 'benchmarks/' + script, *cmd[2:]])}"
+                      f"  ({time.strftime('%Y-%m-%d %H:%M:%S')})\n")
             print(header, flush=True)
             out.write(header)
-            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            proc = subprocess.run([*launcher, *cmd], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True,
+                                  env={**os.environ, **MPI_ENV} if launcher else None)
             print(proc.stdout, flush=True)
             out.write(proc.stdout)
             if proc.returncode != 0:

@@ -274,3 +274,13 @@ def test_ctrl_c_of_mpirun_leaves_no_process(tmp_path):
             break
         time.sleep(0.2)
     assert ps.stdout.strip() == "", ps.stdout
+
+
+def test_the_mpi_benchmark_runs_beside_mpi4py_futures():
+    here = os.path.dirname(os.path.abspath(__file__))
+    bench = os.path.join(here, "..", "..", "benchmarks", "mpi", "bench_mpi.py")
+    r = mpirun(3, sys.executable, bench, "--quick", "--repeats", "1", timeout=200)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for goal in ("1    map", "2    ", "3    submit", "4    map", "5    eight", "6    the course",
+                 "7    root"):
+        assert goal in r.stdout, r.stdout
