@@ -284,3 +284,23 @@ def test_the_mpi_benchmark_runs_beside_mpi4py_futures():
     for goal in ("1    map", "2    ", "3    submit", "4    map", "5    eight", "6    the course",
                  "7    root"):
         assert goal in r.stdout, r.stdout
+
+
+FUNNELED = """
+import mpi4py
+mpi4py.rc.thread_level = "funneled"          # below what shoal's engine thread needs
+from mpi4py import MPI
+from shoal.mpi import MPICommExecutor
+try:
+    with MPICommExecutor() as ex:
+        pass
+except Exception as exc:
+    print(type(exc).__name__, exc)
+"""
+
+
+def test_an_mpi_library_below_the_needed_thread_level_is_a_clear_error(tmp_path):
+    r = mpirun(2, sys.executable, script(tmp_path, FUNNELED))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("MPIError") == 2, r.stdout  # every rank says so, none hangs
+    assert "MPI_THREAD_SERIALIZED" in r.stdout and "MPI_THREAD_FUNNELED" in r.stdout
