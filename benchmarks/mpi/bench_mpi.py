@@ -13,7 +13,8 @@ Goals (issue 10), with 3 ranks (root + 2 serving):
   4  map(f, range(200_000)), automatic chunks vs chunksize=1000 >= 1.5x
   5  eight 64 MiB numpy chunks summed on the serving ranks      >= 2x
   6  the course's integration (pure Python, n = 3000), speedup over serial >= 1.8x
-Also printed: MPI messages the root sent and received per task (shoal).
+Also printed: MPI messages the root sent and received per task, and the
+share of a core an idle rank uses (shoal; target < 1%).
 """
 
 from __future__ import annotations
@@ -49,6 +50,29 @@ def rows(args):
         for j in range(n):
             s += math.sin(x + h * (j + 0.5))
     return s
+
+
+def pid_of_rank(_):
+    import os
+    import time
+
+    time.sleep(0.05)  # (so that every rank gets one)
+    return os.getpid()
+
+
+def idle_cpu(ex, seconds=3.0):
+    """CPU share of a core each serving rank (on this host) and the root use
+    while the pool is open and has nothing to do."""
+    import psutil
+
+    pids = sorted(set(ex.map(pid_of_rank, range(4 * ex.num_workers))))
+    procs = [psutil.Process(p) for p in pids if psutil.pid_exists(p)] + [psutil.Process()]
+    before = [sum(p.cpu_times()[:2]) for p in procs]
+    t = time.monotonic()
+    time.sleep(seconds)
+    dt = time.monotonic() - t
+    after = [sum(p.cpu_times()[:2]) for p in procs]
+    return [(b - a) / dt for a, b in zip(before, after)]
 
 
 def timed(fn, repeats):
@@ -116,6 +140,7 @@ def main() -> int:
             cpu = time.process_time() - cpu0
             results["shoal"] = r
             results["msgs"] = (sent / n4, recv / n4, cpu / n4)
+            results["idle"] = idle_cpu(ex)
     if comm.rank != 0:
         return 0
     serial = timed(lambda: rows((0, n_int, n_int)), 1)
@@ -148,6 +173,10 @@ def main() -> int:
     sent, recv, cpu = results["msgs"]
     print(f"7    root, map of {n4:,} trivial tasks (auto chunks): {sent:.5f} messages sent and "
           f"{recv:.5f} received per task, {cpu * 1e6:.2f} us of root CPU per task")
+    idle = results["idle"]
+    print(f"8    idle pool for 3 s, share of a core: serving ranks "
+          f"{', '.join(f'{100 * x:.2f}%' for x in idle[:-1])}, root {100 * idle[-1]:.2f}%"
+          f"; target < 1% per rank: {'PASS' if max(idle[:-1]) < 0.01 else 'FAIL'}")
     return 0
 
 

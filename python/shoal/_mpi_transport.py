@@ -37,6 +37,8 @@ FLUSH_SECONDS = 0.002
 #: how long a waiting rank spins before it starts to sleep, and its longest sleep
 SPIN_S = float(os.environ.get("SHOAL_MPI_SPIN_US", "2000")) * 1e-6
 MAX_SLEEP_S = 0.001
+#: ... and, idle for more than IDLE_S, its longest sleep then
+IDLE_S, IDLE_SLEEP_S = 0.1, 0.01
 
 LAUNCH_HINT = ("start the script with an MPI launcher, e.g.\n"
                "    mpirun -n 3 python -m shoal.mpi script.py      (3 ranks: the script on rank 0, "
@@ -176,11 +178,12 @@ class RankChannel:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 return []
-            if now - self.last_message < SPIN_S:
+            idle = now - self.last_message
+            if idle < SPIN_S:
                 os.sched_yield()  # spin, but let a process that has work run first
             else:
                 time.sleep(sleep)
-                sleep = min(sleep * 2, MAX_SLEEP_S)
+                sleep = min(sleep * 2, MAX_SLEEP_S if idle < IDLE_S else IDLE_SLEEP_S)
         self.last_message = time.monotonic()
         tag = st.Get_tag()
         if tag == TAG_CANCEL:
@@ -455,7 +458,8 @@ class RootChannel:
                 continue
             # Idle: spin a little (a result is often microseconds away), then
             # sleep in growing steps; new frames to send wake it at once.
-            if time.monotonic() - idle_since < SPIN_S:
+            idle = time.monotonic() - idle_since
+            if idle < SPIN_S:
                 os.sched_yield()
                 continue
             self.asleep = True
@@ -465,4 +469,4 @@ class RootChannel:
                 self.wake.wait(sleep)
             self.asleep = False
             self.wake.clear()
-            sleep = min(sleep * 2, MAX_SLEEP_S)
+            sleep = min(sleep * 2, MAX_SLEEP_S if idle < IDLE_S else IDLE_SLEEP_S)

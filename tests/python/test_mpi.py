@@ -282,7 +282,7 @@ def test_the_mpi_benchmark_runs_beside_mpi4py_futures():
     r = mpirun(3, sys.executable, bench, "--quick", "--repeats", "1", timeout=200)
     assert r.returncode == 0, r.stdout + r.stderr
     for goal in ("1    map", "2    ", "3    submit", "4    map", "5    eight", "6    the course",
-                 "7    root"):
+                 "7    root", "8    idle"):
         assert goal in r.stdout, r.stdout
 
 
