@@ -62,7 +62,7 @@ pytest: install
 MPIRUN := OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe
 mpi-test: install
 	@for n in 2 3 5; do echo "== the contract suites on backend=mpi under mpirun -n $$n"; \
-	  SHOAL_TEST_BACKENDS=mpi $(MPIRUN) -n $$n $(PY) -m shoal.mpi -m pytest -q -p no:cacheprovider \
+	  SHOAL_TEST_BACKENDS=mpi $(MPIRUN) -n $$n $(PY) -m shoal.mpi -m pytest -q -p no:cacheprovider --color=no \
 	    tests/python/test_conformance_pool.py tests/python/test_conformance_executor.py || exit 1; \
 	done
 
