@@ -248,6 +248,8 @@ def _inline_dumps(obj):
 #: after it) how many task frames and messages the rank has taken since its
 #: previous one (the root's queued() count and its credit) and its average
 #: task time in ns (the root's task_ns()); the root's channel consumes it
+#: what task_ns() says of a rank that has not reported a task time yet
+UNKNOWN_TASK_NS = 10_000_000
 #: messages in flight to a rank (the one it works on, the next one ready)
 #: before the root keeps further frames back, to send them as one
 CREDIT = 2
@@ -339,7 +341,11 @@ class RootChannel:
         return -1 - loads.index(min(loads))
 
     def task_ns(self, slot: int) -> int:
-        return self.task_times[slot]
+        # Until a rank has reported, its tasks count as long ones: the ledger
+        # then queues one call per rank (not CALL_DEPTH), so that the first
+        # long tasks of a map are spread as the ranks free up, not cut into
+        # a fixed share per rank up front.
+        return self.task_times[slot] or UNKNOWN_TASK_NS
 
     def slot_state(self, slot: int) -> tuple[int, int]:
         return 0, 0  # what a rank runs is not mirrored here
