@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from .. import _mpi_transport as _t
 from .._mpi_transport import MPIError
-from ..pool import Executor
+from ..pool import Executor, _Star
 
 __all__ = ["MPIPoolExecutor", "MPICommExecutor", "MPIError", "main", "world"]
 
@@ -169,16 +169,6 @@ class MPIPoolExecutor(Executor):
                 unordered: bool = False) -> Iterator[Any]:
         return self.map(_Star(fn), iterable, timeout=timeout, chunksize=chunksize,
                         unordered=unordered)
-
-
-class _Star:
-    __slots__ = ("fn",)
-
-    def __init__(self, fn: Callable) -> None:
-        self.fn = fn
-
-    def __call__(self, args: Any) -> Any:
-        return self.fn(*args)
 
 
 class MPICommExecutor:
