@@ -223,9 +223,13 @@ RANK_DIES = """
 import os, signal, sys, time
 import shoal
 
+DONE = 0
+
 def work(x):
-    if x == 13 and os.environ.get("OMPI_COMM_WORLD_RANK") == "2":
-        os.kill(os.getpid(), signal.SIGKILL)
+    global DONE
+    DONE += 1
+    if DONE == 5 and os.environ.get("OMPI_COMM_WORLD_RANK") == "2":
+        os.kill(os.getpid(), signal.SIGKILL)   # rank 2, mid-job, on its fifth task
     time.sleep(0.01)
     return x
 
