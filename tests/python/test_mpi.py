@@ -70,7 +70,8 @@ def square(x):
     return x * x
 
 def where(_):
-    import os
+    import os, time
+    time.sleep(0.005)  # long enough that no rank can take every item alone
     return os.environ.get("OMPI_COMM_WORLD_RANK")
 
 with shoal.Pool(backend="mpi") as pool:
