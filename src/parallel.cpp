@@ -61,8 +61,13 @@ void ForkJoin::execute(ThreadPool& pool, int helpers) {
   for (int s = 0; s < kJoinSpin && finished_.load(std::memory_order_acquire) == 0; ++s) cpu_relax();
   while (finished_.load(std::memory_order_acquire) == 0) finished_.wait(0, std::memory_order_acquire);
   // finished_ (acquire) makes error_ and failed_ of every participant visible.
+  // The error is moved out, not copied: no participant touches error_ after
+  // finished_, and a helper that drops the last reference later must not be
+  // the thread that destroys the exception while the caller still reads it
+  // (TSan reported that handover, through libstdc++'s uninstrumented
+  // exception refcount, as a race on the message's memory).
   const bool failed = failed_.load(std::memory_order_relaxed);
-  std::exception_ptr error = failed ? error_ : nullptr;
+  std::exception_ptr error = failed ? std::move(error_) : nullptr;
   release();
   if (failed) std::rethrow_exception(error);
 }
