@@ -295,6 +295,9 @@ class RootChannel:
         node, j = self.where[slot]
         with self.lock:
             self.out[self.lead_of[node.leader]].append((j, cmd))
+            if "adopt" in cmd or "spawn" in cmd:
+                # the leader counts this slot's frames anew from here
+                self.pushed[slot] = self.received[slot] = self.on_ring[slot] = 0
         self.wake.set()
 
     def drain_by_slot(self) -> list:

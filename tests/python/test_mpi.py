@@ -273,10 +273,73 @@ def test_a_rank_killed_mid_job_ends_the_job_promptly_and_leaves_nothing(tmp_path
     assert time.monotonic() - t0 < 100  # never a hang (the pytest timeout is the backstop)
     text = r.stdout + r.stderr
     assert "rank 2" in text or "rank=2" in text, text
+    # shoal's root says what the job's workers still held, and where they are
+    assert "shoal: the MPI job is being ended" in text and " on " in text, text
     time.sleep(1)
     assert set(shm_orphans()) <= before
     ps = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
     assert ps.stdout.strip() == "", ps.stdout
+
+
+WORKER_DIES = """
+import json, os, signal, sys, time
+import shoal
+
+def spawned():
+    # a worker process of a leader (not a rank: no launcher variables)
+    return "OMPI_COMM_WORLD_RANK" not in os.environ
+
+def die_on(x):
+    if x == 3 and spawned():
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.01)
+    return x
+
+def die_once(path):
+    if spawned() and not os.path.exists(path):
+        open(path, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "ran again"
+
+def pid(_):
+    time.sleep(0.01)
+    return os.getpid() if spawned() else 0
+
+out = {}
+with shoal.Pool(backend="mpi") as pool:
+    pids = set(pool.map(pid, range(40), chunksize=1)) - {0}
+    try:
+        pool.map(die_on, range(8), chunksize=1)
+        out["lost"] = None
+    except shoal.WorkerLost as exc:
+        out["lost"] = str(exc)
+    out["after"] = pool.map(abs, [-1, -2, -3])
+    pids |= set(pool.map(pid, range(40), chunksize=1)) - {0}
+with shoal.Pool(backend="mpi", retries=1) as pool:
+    out["retried"] = pool.apply(die_once, (sys.argv[1],))
+    pids |= set(pool.map(pid, range(40), chunksize=1)) - {0}
+out["pids"] = sorted(pids)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_a_worker_process_under_a_rank_dies_fails_or_retries_its_task(tmp_path, n):
+    before = set(shm_orphans())
+    env = {**mpi_env(), "SHOAL_MPI_LEADER_WORKERS": "2"}
+    r = mpirun(n, "-x", "SHOAL_MPI_LEADER_WORKERS", sys.executable, "-m", "shoal.mpi",
+               script(tmp_path, WORKER_DIES), str(tmp_path / "marker"), env=env)
+    out = last_json(r)
+    # the task it ran fails with WorkerLost naming the worker, its rank and host
+    assert out["lost"] is not None and "killed by SIGKILL" in out["lost"], out
+    assert "worker process" in out["lost"] and "of rank 1 on" in out["lost"], out
+    assert "task" in out["lost"] and "die_on" in out["lost"], out
+    assert out["after"] == [1, 2, 3]          # the pool lives on, with a replacement
+    assert out["retried"] == "ran again"      # retries=1: it ran again elsewhere
+    assert len(out["pids"]) >= 3              # 2 workers, then at least one replacement
+    time.sleep(0.5)
+    assert not [p for p in out["pids"] if os.path.exists(f"/proc/{p}")]  # all gone
+    assert set(shm_orphans()) <= before
 
 
 def test_ctrl_c_of_mpirun_leaves_no_process(tmp_path):
