@@ -134,47 +134,70 @@ class Leader:
             if j < self.node.spawned and self.pids[j]:
                 self.sup.signal(self.pids[j], _signal.SIGKILL)
 
+    def _segment(self, size: int):
+        """A shared segment for a payload of size bytes (8-byte length first,
+        as shoal._worker._read_indirect reads it) and its payload's view."""
+        seg = self.core.SharedSegment.create(8 + size)
+        v = seg.view()
+        v[:8] = memoryview(size.to_bytes(8, "little"))
+        return seg, v[8: 8 + size]
+
     def _fit(self, j: int, frames: list) -> list:
         """Payloads over half a ring go in a shared segment (INDIRECT),
         kept until the task's result comes back."""
         limit = self.limit
         if not any(len(f[3]) > limit for f in frames):
             return frames
-        from ._worker import _write_indirect
-
         out = []
         for tid, kind, flags, data in frames:
             if len(data) > limit:
-                ref = _write_indirect(data)
-                self.keep[j][tid] = ref
-                out.append((tid, kind, flags | INDIRECT, ref))
+                seg, v = self._segment(len(data))
+                v[:] = memoryview(data)
+                del v
+                self.keep[j][tid] = seg
+                out.append((tid, kind, flags | INDIRECT, seg.name.encode()))
             else:
                 out.append((tid, kind, flags, data))
         return out
 
-    def _results(self, j: int, frames: list) -> list:
-        """A slot's result frames for the root: payloads of shared segments
-        read back in band; segments of finished tasks dropped."""
+    def _bulk_in(self, j: int, header: bytes) -> tuple:
+        """A bulk frame from the root: its payload, the next TAG_BULK
+        message, received straight into the segment the worker reads."""
+        tid, kind, flags, size = _t.BULK_HEADER.unpack(header)
+        seg, v = self._segment(size)
+        self.comm.Recv([v, self.MPI.BYTE], source=self.root, tag=_t.TAG_BULK)
+        del v
+        self.keep[j][tid] = seg
+        return (tid, kind, flags | INDIRECT, seg.name.encode())
+
+    def _results(self, j: int, frames: list, outer: list, bulks: list) -> None:
+        """A slot's result frames for the root, as outer frames: small ones
+        in one batch; a payload in a shared segment as a bulk message sent
+        from the segment itself. Segments of finished tasks dropped."""
         keep = self.keep[j]
         if keep:
             for f in frames:
-                ref = keep.pop(f[0], None)
-                if ref is not None:
-                    self._unlink(ref)
+                keep.pop(f[0], None)
+        pack = self.core.pack_frames
         if not any(f[2] & INDIRECT for f in frames):
-            return frames
-        from ._backend_processes import _read_indirect
-
-        return [(tid, kind, flags & ~INDIRECT, _read_indirect(data)) if flags & INDIRECT
-                else (tid, kind, flags, data) for tid, kind, flags, data in frames]
-
-    def _unlink(self, ref: bytes) -> None:
-        try:
-            seg = self.core.SharedSegment.attach(ref.decode())
-            seg.adopt_name()
-            seg.unlink()
-        except Exception:  # noqa: BLE001 - the worker may have unlinked it
-            pass
+            outer.append((j, _t.RESULT, 0, pack(frames)))
+            return
+        run = []
+        for tid, kind, flags, data in frames:
+            if not flags & INDIRECT:
+                run.append((tid, kind, flags, data))
+                continue
+            if run:
+                outer.append((j, _t.RESULT, 0, pack(run)))
+                run = []
+            seg = self.core.SharedSegment.attach(data.decode())
+            seg.adopt_name()  # the worker released it to its reader: unlinked once sent
+            v = seg.view()
+            size = int.from_bytes(bytes(v[:8]), "little")
+            outer.append((j, _t.CALL, 0, _t.BULK_HEADER.pack(tid, kind, flags & ~INDIRECT, size)))
+            bulks.append((v[8: 8 + size], seg))
+        if run:
+            outer.append((j, _t.RESULT, 0, pack(run)))
 
     def _deaths(self, out: list) -> None:
         for j, pid, code, sig in self.sup.take_exits():
@@ -229,9 +252,10 @@ class Leader:
                     if kind == CONTROL:
                         self._command(j, pickle.loads(data))
                         continue
-                    frames = unpack(data)
+                    frames = [self._bulk_in(j, data)] if kind == _t.CALL else unpack(data)
                     self.received[j] += len(frames)
-                    frames = self._fit(j, frames)
+                    if kind != _t.CALL:
+                        frames = self._fit(j, frames)
                     if self.pending[j]:
                         self.pending[j].extend(frames)
                     else:
@@ -245,7 +269,6 @@ class Leader:
                         self.pending[j] = self.pending[j][i:]
                         busy = True
             for j, frames in chan.drain_by_slot():
-                frames = self._results(j, frames)
                 if not out:
                     first_out = time.monotonic()
                 out.append((j, frames))
@@ -260,10 +283,16 @@ class Leader:
                 status = {"m": self.taken_msgs, "x": self.exits,
                           "q": [(j, self.received[j], len(self.pending[j]) + chan.queued(j),
                                  chan.task_ns(j)) for j in range(self.n)]}
-                outer = [(j, _t.RESULT, 0, pack(frames)) for j, frames in out]
+                outer: list = []
+                bulks: list = []
+                for j, frames in out:
+                    self._results(j, frames, outer, bulks)
                 outer.append((0, CONTROL, 0, pickle.dumps(status, 5)))
                 msg = pack(outer)
                 sends.append((comm.Isend([msg, MPI.BYTE], dest=root, tag=_t.TAG_RESULTS), msg))
+                for view, seg in bulks:
+                    sends.append((comm.Isend([view, MPI.BYTE], dest=root, tag=_t.TAG_BULK),
+                                  (view, seg)))
                 out, out_bytes, self.exits, self.taken_msgs = [], 0, [], 0
                 self.last_sent = now
             if sends:
@@ -290,9 +319,7 @@ class Leader:
             self.sup.stop(2.0)
         except Exception:  # noqa: BLE001
             pass
-        for keep in self.keep:
-            for ref in keep.values():
-                self._unlink(ref)
+        self.keep = []  # (their segments unlinked)
         if self.mark is not None:
             self.mark.release()
             self.cancel_map.close()

@@ -37,17 +37,24 @@ from __future__ import annotations
 import itertools
 import os
 import pickle
+import struct
 import sys
 import time
 
 #: message tags on shoal's own communicator
-TAG_TASKS, TAG_RESULTS, TAG_BYE, TAG_CANCEL = 7101, 7102, 7103, 7104
+TAG_TASKS, TAG_RESULTS, TAG_BYE, TAG_CANCEL, TAG_BULK = 7101, 7102, 7103, 7104, 7105
 #: frame kinds (shoal/frame.hpp)
-BATCH, RESULT, CONTROL = 3, 4, 6
+CALL, BATCH, RESULT, CONTROL = 2, 3, 4, 6
+#: A frame payload at least this big travels as an MPI message of its own
+#: (TAG_BULK, sent straight from the pickle's bytes; the leader receives it
+#: into the shared segment its worker reads): its outer frame is a Call
+#: frame whose payload is BULK_HEADER (slot's frame: task id, kind, flags, size).
+BULK_BYTES = 1 << 19
+BULK_HEADER = struct.Struct("<QQQQ")
 #: The frames of a message between the root and a leader: a Control frame
 #: is a command (root -> leader) or a status (leader -> root), a pickled
 #: dict; a Batch / Result frame's task id is a local slot, its payload
-#: that slot's frames (a frame batch).
+#: that slot's frames (a frame batch); a Call frame announces a bulk one.
 #: messages in flight to a leader before the root keeps further frames
 #: back, to send them as one message when the leader reports
 CREDIT = 2
@@ -392,17 +399,30 @@ class RootChannel:
                   file=sys.stderr)
             self.ring_doorbell()
 
-    def _message(self, entries: list) -> bytes:
+    def _message(self, entries: list) -> tuple:
+        """(the TASKS message, the bulk payloads that follow it in order)."""
         from . import _core
 
         pack = _core.pack_frames
-        outer = []
+        outer, bulks = [], []
         for e in entries:
-            if type(e) is list:
-                outer.append((e[0], BATCH, 0, pack(e[1])))
-            else:
+            if type(e) is not list:
                 outer.append((e[0], CONTROL, 0, pickle.dumps(e[1], 5)))
-        return pack(outer)
+                continue
+            j, frames = e
+            run = []
+            for f in frames:
+                if len(f[3]) < BULK_BYTES:
+                    run.append(f)
+                    continue
+                if run:
+                    outer.append((j, BATCH, 0, pack(run)))
+                    run = []
+                outer.append((j, CALL, 0, BULK_HEADER.pack(f[0], f[1], f[2], len(f[3]))))
+                bulks.append(f[3])
+            if run:
+                outer.append((j, BATCH, 0, pack(run)))
+        return pack(outer), bulks
 
     def _status(self, leader: int, st: dict) -> None:
         """A leader's status frame (engine thread)."""
@@ -453,10 +473,12 @@ class RootChannel:
                 msg = pickle.dumps((upto, exempt), 5)
                 sends.append((comm.Isend([msg, MPI.BYTE], dest=rank, tag=TAG_CANCEL), msg))
             for li, entries in outs:
-                msg = self._message(entries)
-                sends.append((comm.Isend([msg, MPI.BYTE], dest=self.leaders[li], tag=TAG_TASKS),
-                              msg))
-                self.messages[0] += 1
+                msg, bulks = self._message(entries)
+                dest = self.leaders[li]
+                sends.append((comm.Isend([msg, MPI.BYTE], dest=dest, tag=TAG_TASKS), msg))
+                for data in bulks:
+                    sends.append((comm.Isend([data, MPI.BYTE], dest=dest, tag=TAG_BULK), data))
+                self.messages[0] += 1 + len(bulks)
                 busy = True
             if sends:
                 sends = [s for s in sends if not s[0].Test()]
@@ -472,10 +494,18 @@ class RootChannel:
                     if kind == CONTROL:
                         self._status(src, pickle.loads(data))
                         continue
+                    if kind == CALL:  # a bulk frame: its payload is the next TAG_BULK message
+                        tid, k, fl, size = BULK_HEADER.unpack(data)
+                        big = bytearray(size)
+                        comm.Recv([big, MPI.BYTE], source=src, tag=TAG_BULK)
+                        self.messages[1] += 1
+                        frames = [(tid, k, fl, bytes(big))]
+                        del big
+                    else:
+                        frames = unpack(data)
                     slot = self.slot_at.get((src, j))
                     if slot is None:
                         continue
-                    frames = unpack(data)
                     with self.lock:
                         self.inbox[slot].extend(frames)
                 got = True
