@@ -378,6 +378,9 @@ class Engine:
     #: a transport whose workers cannot map the driver's shared segments
     #: (other nodes) keeps the buffers in band
     _dumps = staticmethod(_serialize.dumps)
+    #: ... and tasks' arguments (their big buffers out of band: shared
+    #: segments, which the mpi transport sends as MPI messages of their own)
+    _dumps_task = staticmethod(_serialize.dumps)
 
     def __init__(self, chan: Any, workers: int, initializer: Callable | None, initargs: tuple,
                  max_tasks_per_worker: int | None, retries: int) -> None:
@@ -595,7 +598,7 @@ class Engine:
                 data = fut.data = _pickle_dumps((fn_id, args, None), 5)
             else:
                 try:
-                    payload = self._dumps((fn_id, args, kwargs))
+                    payload = self._dumps_task((fn_id, args, kwargs))
                 except SerializationError as exc:
                     fut.set_exception(exc)
                     return fut
@@ -705,7 +708,7 @@ class Engine:
                 owners.append([t])
         else:
             ids = [t.id for t in tasks]
-            data = self._dumps((fn_id, ids, [t.item for t in tasks]))
+            data = self._dumps_task((fn_id, ids, [t.item for t in tasks]))
             raw = bytes(data.data)
             flags = 0
             if len(raw) > self.limit:

@@ -163,7 +163,16 @@ class Leader:
     def _bulk_in(self, j: int, header: bytes) -> tuple:
         """A bulk frame from the root: its payload, the next TAG_BULK
         message, received straight into the segment the worker reads."""
-        tid, kind, flags, size = _t.BULK_HEADER.unpack(header)
+        n = _t.BULK_HEADER.size
+        tid, kind, flags, size = _t.BULK_HEADER.unpack_from(header)
+        if len(header) > n:  # arguments out of band: the root's segment's bytes
+            seg = self.core.SharedSegment.create(size)
+            v = seg.view()[:size]
+            self.comm.Recv([v, self.MPI.BYTE], source=self.root, tag=_t.TAG_BULK)
+            del v
+            self.keep[j][tid] = seg
+            data = _t.oob_rename(header[n:], seg.name)
+            return (tid, kind, flags, data)
         seg, v = self._segment(size)
         self.comm.Recv([v, self.MPI.BYTE], source=self.root, tag=_t.TAG_BULK)
         del v

@@ -48,9 +48,43 @@ CALL, BATCH, RESULT, CONTROL = 2, 3, 4, 6
 #: A frame payload at least this big travels as an MPI message of its own
 #: (TAG_BULK, sent straight from the pickle's bytes; the leader receives it
 #: into the shared segment its worker reads): its outer frame is a Call
-#: frame whose payload is BULK_HEADER (slot's frame: task id, kind, flags, size).
+#: frame whose payload is BULK_HEADER (slot's frame: task id, kind, flags,
+#: size). Arguments whose buffers went out of band (shoal/_serialize.py:
+#: a shared segment on the root) send that segment's used bytes instead,
+#: straight from its mapping: the Call frame's payload then goes on with
+#: the frame's own (the segment's name, the buffers' offsets, the pickle),
+#: and the leader receives the bytes into a segment of its own and renames.
 BULK_BYTES = 1 << 19
 BULK_HEADER = struct.Struct("<QQQQ")
+OOB_MARKER = 0x53
+_NAME = struct.Struct("<H")
+_COUNT = struct.Struct("<I")
+_PAIR = struct.Struct("<QQ")
+
+
+def oob_extent(data: bytes) -> tuple:
+    """(segment name, bytes of it that the payload uses) of an out-of-band
+    payload (shoal/_serialize.py's wire format)."""
+    (n,) = _NAME.unpack_from(data, 1)
+    name = bytes(data[3: 3 + n]).decode()
+    pos = 3 + n
+    (count,) = _COUNT.unpack_from(data, pos)
+    pos += _COUNT.size
+    count += data[pos]
+    pos += 1
+    end = 0
+    for _ in range(count):
+        off, length = _PAIR.unpack_from(data, pos)
+        pos += _PAIR.size
+        end = max(end, off + length)
+    return name, end
+
+
+def oob_rename(data: bytes, name: str) -> bytes:
+    """The same out-of-band payload over the segment ``name``."""
+    (n,) = _NAME.unpack_from(data, 1)
+    new = name.encode()
+    return b"S" + _NAME.pack(len(new)) + new + bytes(data[3 + n:])
 #: The frames of a message between the root and a leader: a Control frame
 #: is a command (root -> leader) or a status (leader -> root), a pickled
 #: dict; a Batch / Result frame's task id is a local slot, its payload
@@ -400,7 +434,8 @@ class RootChannel:
             self.ring_doorbell()
 
     def _message(self, entries: list) -> tuple:
-        """(the TASKS message, the bulk payloads that follow it in order)."""
+        """(the TASKS message, the bulk payloads that follow it in order, as
+        (bytes, segment or None))."""
         from . import _core
 
         pack = _core.pack_frames
@@ -412,14 +447,22 @@ class RootChannel:
             j, frames = e
             run = []
             for f in frames:
-                if len(f[3]) < BULK_BYTES:
+                data = f[3]
+                oob = len(data) > 3 and data[0] == OOB_MARKER and f[1] in (CALL, BATCH)
+                if not oob and len(data) < BULK_BYTES:
                     run.append(f)
                     continue
                 if run:
                     outer.append((j, BATCH, 0, pack(run)))
                     run = []
-                outer.append((j, CALL, 0, BULK_HEADER.pack(f[0], f[1], f[2], len(f[3]))))
-                bulks.append(f[3])
+                if oob:
+                    name, extent = oob_extent(data)
+                    seg = _core.SharedSegment.attach(name)
+                    outer.append((j, CALL, 0, BULK_HEADER.pack(f[0], f[1], f[2], extent) + data))
+                    bulks.append((seg.view()[:extent], seg))
+                else:
+                    outer.append((j, CALL, 0, BULK_HEADER.pack(f[0], f[1], f[2], len(data))))
+                    bulks.append((data, None))
             if run:
                 outer.append((j, BATCH, 0, pack(run)))
         return pack(outer), bulks
@@ -476,12 +519,22 @@ class RootChannel:
                 msg, bulks = self._message(entries)
                 dest = self.leaders[li]
                 sends.append((comm.Isend([msg, MPI.BYTE], dest=dest, tag=TAG_TASKS), msg))
-                for data in bulks:
-                    sends.append((comm.Isend([data, MPI.BYTE], dest=dest, tag=TAG_BULK), data))
+                for data, seg in bulks:
+                    sends.append((comm.Isend([data, MPI.BYTE], dest=dest, tag=TAG_BULK),
+                                  (data, seg)))
                 self.messages[0] += 1 + len(bulks)
                 busy = True
             if sends:
-                sends = [s for s in sends if not s[0].Test()]
+                left = []
+                for s in sends:
+                    if not s[0].Test():
+                        left.append(s)
+                    elif type(s[1]) is tuple and s[1][1] is not None:
+                        # A segment's bytes are on their way: the ledger's
+                        # payload may recycle it (the word the receiver of a
+                        # segment clears, see shoal/_serialize.py).
+                        _release_segment(s[1][1])
+                sends = left
             got = False
             while comm.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_RESULTS, status=st):
                 src = st.Get_source()
@@ -535,6 +588,10 @@ class RootChannel:
             self.asleep = False
             self.wake.clear()
             sleep = min(sleep * 2, MAX_SLEEP_S if idle < IDLE_S else IDLE_SLEEP_S)
+
+
+def _release_segment(seg) -> None:
+    seg.view()[:8] = memoryview(bytes(8))
 
 
 #: what task_ns() says of a worker that has not reported a task time yet
