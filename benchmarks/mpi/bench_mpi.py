@@ -136,30 +136,37 @@ def rows_of(ex, quick, repeats, arrays, n_int):
     return out
 
 
-def root_load(ex, n):
+def root_load(ex, n, chunksize=None):
     """MPI messages the root sent and received per task, and its CPU time
-    per task, for a map of n trivial tasks with automatic chunks."""
+    per task, for a map of n trivial tasks (automatic chunks by default)."""
     chan = ex._backend._engine.chan
-    list(ex.map(trivial, range(n // 10), chunksize=None))  # warm: functions sent
+    list(ex.map(trivial, range(n // 10), chunksize=chunksize))  # warm: functions sent
     sent0, recv0 = chan.messages
+    mcpu0 = chan.message_cpu_ns
     cpu0 = time.process_time()
-    list(ex.map(trivial, range(n), chunksize=None))
+    list(ex.map(trivial, range(n), chunksize=chunksize))
     cpu = time.process_time() - cpu0
     sent, recv = chan.messages[0] - sent0, chan.messages[1] - recv0
-    return sent / n, recv / n, cpu / n
+    per_msg = (chan.message_cpu_ns - mcpu0) * 1e-9 / max(1, sent + recv)
+    return sent / n, recv / n, cpu / n, per_msg
 
 
 def scale(comm, n) -> int:
     with shoal.mpi.MPICommExecutor(comm, root=0) as ex:
         if ex is not None:
             lay = shoal.mpi.layout()
-            sent, recv, cpu = root_load(ex, n)
+            sent, recv, cpu, per_msg = root_load(ex, n)
             print(f"7    {comm.size} ranks: root + {len(lay.nodes)} (virtual) nodes of "
                   f"{'/'.join(str(len(x.ranks)) for x in lay.nodes)} ranks, "
                   f"{ex.num_workers} workers; map of {n:,} trivial tasks (auto chunks): "
                   f"{sent:.5f} messages sent and {recv:.5f} received per task by the root, "
                   f"{sent * n:.0f} + {recv * n:.0f} in all, {cpu * 1e6:.2f} us of root CPU "
-                  f"per task")
+                  f"per task, {per_msg * 1e6:.0f} us of its engine thread's CPU per message")
+            m = n // 10
+            sent, recv, cpu, per_msg = root_load(ex, m, chunksize=1)
+            print(f"7    ... map of {m:,} trivial tasks, chunksize=1: {sent:.4f} + {recv:.4f} "
+                  f"messages per task, {cpu * 1e6:.2f} us of root CPU per task, "
+                  f"{per_msg * 1e6:.0f} us of engine-thread CPU per message")
     return 0
 
 
@@ -193,7 +200,7 @@ def main() -> int:
             n4 = r.pop("n4")
             r[4] = timed(lambda: list(ex.map(trivial, range(n4), chunksize=None)), repeats)
             results["shoal"] = r
-            results["msgs"] = root_load(ex, n4)
+            results["msgs"] = root_load(ex, n4)[:3]
             results["idle"] = idle_cpu(ex)
     bare = bare_ranks(comm, n_int, repeats)
     if comm.rank != 0:

@@ -299,6 +299,7 @@ class RootChannel:
         self.stopping = False
         self.error: BaseException | None = None
         self.messages = [0, 0]               # sent, received (for benchmarks)
+        self.message_cpu_ns = 0              # engine thread CPU packing, sending, receiving
         self.cancels: list = []              # (leader, upto, {j: exempt}) for the engine thread
         self.thread = threading.Thread(target=self._engine, name="shoal-mpi", daemon=True)
         self.thread.start()
@@ -515,6 +516,8 @@ class RootChannel:
             for rank, upto, exempt in cancels:
                 msg = pickle.dumps((upto, exempt), 5)
                 sends.append((comm.Isend([msg, MPI.BYTE], dest=rank, tag=TAG_CANCEL), msg))
+            if outs:
+                t0 = time.thread_time_ns()
             for li, entries in outs:
                 msg, bulks = self._message(entries)
                 dest = self.leaders[li]
@@ -524,6 +527,8 @@ class RootChannel:
                                   (data, seg)))
                 self.messages[0] += 1 + len(bulks)
                 busy = True
+            if outs:
+                self.message_cpu_ns += time.thread_time_ns() - t0
             if sends:
                 left = []
                 for s in sends:
@@ -536,6 +541,7 @@ class RootChannel:
                         _release_segment(s[1][1])
                 sends = left
             got = False
+            t0 = time.thread_time_ns()
             while comm.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_RESULTS, status=st):
                 src = st.Get_source()
                 buf = bytearray(st.Get_count(MPI.BYTE))
@@ -563,6 +569,7 @@ class RootChannel:
                         self.inbox[slot].extend(frames)
                 got = True
             if got:
+                self.message_cpu_ns += time.thread_time_ns() - t0
                 self.ring_doorbell()
                 busy = True
             if busy:
