@@ -12,6 +12,7 @@ arrays (one radix sort by worker), never a Python loop over tasks.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -163,7 +164,8 @@ def _spread(worker: np.ndarray, start: np.ndarray, end: np.ndarray, rows: int,
     base = worker.astype(np.int64) * nbins
     size = rows * nbins
     one = bs == be
-    out = np.bincount(base[one] + bs[one], weights=(e - s)[one], minlength=size)
+    out = np.zeros(size)
+    out += np.bincount(base[one] + bs[one], weights=(e - s)[one], minlength=size)
     many = ~one
     if many.any():
         bsm, bem, sm, em, bm = bs[many], be[many], s[many], e[many], base[many]
@@ -221,7 +223,9 @@ def duration_hist(run: Run, sched: Schedule | None = None,
     if len(d):
         lo = np.floor(np.log10(d.min() / 1e9) * per_decade) / per_decade
         hi = np.ceil(np.log10(d.max() / 1e9) * per_decade + 1e-9) / per_decade
-        hi = max(hi, lo + 1 / per_decade)
+        if hi - lo < 1:                     # at least a decade, centred on the data
+            pad = math.ceil((1 - (hi - lo)) * per_decade / 2) / per_decade
+            lo, hi = lo - pad, hi + pad
         edges = 10.0 ** np.arange(lo, hi + 1e-9, 1 / per_decade)
         counts, _ = np.histogram(d / 1e9, bins=edges)
         return edges, counts, "task records"

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ._analysis import quantiles, schedule
+from ._analysis import Schedule, quantiles, schedule
 from ._run import OUTCOMES, RETRIED, Run
 
 # Thresholds of the verdict rules (docs/monitor.md lists them).
@@ -101,11 +101,12 @@ def _memory(run: Run) -> tuple[int, str]:
     return 0, "not sampled"
 
 
-def stats(run: Run) -> dict[str, Any]:
+def stats(run: Run, sched: Schedule | None = None) -> dict[str, Any]:
     """Every figure of the summary and the findings of the verdict rules, as
-    a JSON-ready dict (seconds, bytes, fractions in [0, 1])."""
+    a JSON-ready dict (seconds, bytes, fractions in [0, 1]). ``sched``:
+    _analysis.schedule(run), if the caller has it already."""
     meta = run.meta
-    sched = schedule(run)
+    sched = schedule(run) if sched is None else sched
     wall_ns = max(sched.wall, 1)
     cpus = max(1, sched.cpus)
     nw = sched.workers
