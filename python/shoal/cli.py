@@ -1,4 +1,4 @@
-"""The ``shoal`` command: ``shoal info`` and ``shoal demo``."""
+"""The ``shoal`` command: ``shoal info``, ``shoal demo``, ``shoal report``, ``shoal scale``."""
 
 from __future__ import annotations
 
@@ -36,7 +36,52 @@ def _parser() -> argparse.ArgumentParser:
                         help="workers per pool (default: shoal.default_workers())")
     p_demo.add_argument("--repeats", type=int, default=3,
                         help="rounds; each row's time is its median (default: 3)")
+    _add_report_parsers(sub)
+    sub.metavar = "{" + ",".join(sub.choices) + "}"
     return parser
+
+
+# ---------------------------------------------------------------- shoal report, shoal scale
+
+def _add_report_parsers(sub: argparse._SubParsersAction) -> None:
+    p_report = sub.add_parser("report", help="summary and verdict of a monitor file; HTML, PNG, trace",
+                              description="The summary of a monitor file (shoal.monitor(...) or "
+                              "'shoal run --monitor'): CPU efficiency, workers, tasks, memory, GPU, "
+                              "one verdict and what to change; optionally a self-contained HTML page, "
+                              "a PNG and a Perfetto/chrome://tracing trace.")
+    p_report.add_argument("file", help="the monitor file (run.shoal)")
+    p_report.add_argument("--html", metavar="PATH", help="write a self-contained HTML report")
+    p_report.add_argument("--png", metavar="PATH", help="write the figures as a PNG")
+    p_report.add_argument("--trace", metavar="PATH",
+                          help="write a gzipped Trace Event JSON (run.json.gz) for ui.perfetto.dev")
+    p_report.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                          help="colour the summary (default: on a terminal)")
+
+    p_scale = sub.add_parser("scale", help="time a script at several worker counts: speedup, Amdahl fit",
+                             description="Runs 'python SCRIPT ARGS' in a fresh process at each worker "
+                             "count, with SHOAL_WORKERS set (shoal.default_workers() and Pool() "
+                             "return it), and prints the median time, speedup and efficiency of "
+                             "each count, the fastest and the most efficient one, and an Amdahl fit. "
+                             "In a SLURM job, counts above the CPUs given are skipped unless "
+                             "--oversubscribe.")
+    p_scale.add_argument("--workers", metavar="LIST",
+                         help="comma-separated worker counts (default: 1, 2, 4, ... up to the CPUs given)")
+    p_scale.add_argument("--repeats", type=int, default=3, help="runs per count; the median counts (default: 3)")
+    p_scale.add_argument("--png", metavar="PATH", help="write speedup vs workers, with the ideal line")
+    p_scale.add_argument("--oversubscribe", action="store_true",
+                         help="in a SLURM job, also run the counts above the CPUs given")
+    p_scale.add_argument("script", help="the Python script; it sizes its pool with shoal.default_workers()")
+    p_scale.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the script")
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from .monitor import _report
+
+    if args.command == "report":
+        color = {"auto": None, "always": True, "never": False}[args.color]
+        return _report.report_main(args.file, html=args.html, png=args.png, trace=args.trace, color=color)
+    return _report.scale_main(args.script, args.args, workers=args.workers, repeats=args.repeats,
+                              png=args.png, oversubscribe=args.oversubscribe)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -48,6 +93,8 @@ def _run(args: argparse.Namespace) -> int:
         from . import demo
 
         return demo.main(n=args.n, workers=args.workers, repeats=args.repeats)
+    if args.command in ("report", "scale"):
+        return _run_report(args)
     return 2
 
 
