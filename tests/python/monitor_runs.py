@@ -32,12 +32,12 @@ def _meta(cpus: int, wall_ns: int, **extra) -> dict:
 
 
 def build(worker: np.ndarray, start: np.ndarray, end: np.ndarray, *, cpus: int, wall: float | None = None,
-          submit: np.ndarray | None = None, cpu_bound: bool = True, samples: bool = True,
+          submit: np.ndarray | None = None, cpu: float = 1.0, samples: bool = True,
           memory: tuple[int, int | None] | None = None, procs_extra: int = 0,
           counters: bool = True, outcome: np.ndarray | None = None, **meta) -> Run:
     """A Run of tasks (times in ns) on workers 0..max(worker); the sampler at
     10 Hz over [0, wall]: per-core busy (worker i on core i % cpus), worker
-    CPU time (all of the busy time if ``cpu_bound``, else 1%), runnable
+    CPU time (``cpu`` x the busy time: 1 CPU-bound, ~0 sleeping), runnable
     threads (busy workers + 1 + ``procs_extra``), memory ``(peak, limit)``."""
     worker = np.asarray(worker, np.uint32)
     start = np.asarray(start, np.int64)
@@ -67,7 +67,7 @@ def build(worker: np.ndarray, start: np.ndarray, end: np.ndarray, *, cpus: int, 
     if memory is not None:
         run.meta["memory_limit"] = memory[1]
     if samples:
-        _sample(run, worker, start, end, nw, cpus, wall_ns, cpu_bound, memory, procs_extra)
+        _sample(run, worker, start, end, nw, cpus, wall_ns, cpu, memory, procs_extra)
     return run
 
 
@@ -81,7 +81,7 @@ def _busy_until(start: np.ndarray, end: np.ndarray, at: np.ndarray) -> np.ndarra
     return np.where(i > 0, cum[np.maximum(i - 1, 0)] + running, 0)
 
 
-def _sample(run: Run, worker, start, end, nw, cpus, wall_ns, cpu_bound, memory, procs_extra) -> None:
+def _sample(run: Run, worker, start, end, nw, cpus, wall_ns, cpu, memory, procs_extra) -> None:
     at = np.arange(0, wall_ns + 1, S // 10, dtype=np.int64)
     busy = np.zeros((nw, len(at)))
     for w in range(nw):
@@ -98,7 +98,7 @@ def _sample(run: Run, worker, start, end, nw, cpus, wall_ns, cpu_bound, memory, 
     ws = np.zeros(nw * len(at), WORKER_SAMPLE_DTYPE)
     ws["t"] = np.tile(at, nw)
     ws["worker"] = np.repeat(np.arange(nw), len(at))
-    ws["cpu_ns"] = (busy * (1.0 if cpu_bound else 0.01)).reshape(-1)
+    ws["cpu_ns"] = (busy * cpu).reshape(-1)
     ws["rss"] = 100 << 20
     run.worker_samples = ws
     ss = np.zeros(len(at), SYSTEM_SAMPLE_DTYPE)
@@ -218,6 +218,23 @@ def gpu_idle(util: float = 0.0) -> Run:
     run.meta["gpus"] = ["NVIDIA H100"]
     run.meta["gpu_note"] = None
     return run
+
+
+def gil(workers: int = 4) -> Run:
+    """backend='threads', 4 threads whose tasks overlap, but the workers use
+    1 CPU between them (each 1/4 of its busy time): the GIL."""
+    per = [[0.02] * 100] * workers
+    w, s, e = back_to_back(per)
+    return build(w, s, e, cpus=workers, wall=float(e.max()) / S, cpu=1.0 / workers, backends=["threads"])
+
+
+def overlapping_records() -> Run:
+    """Worker 0's records overlap by 30 us here and there (clock noise between
+    the cores that stamped them); worker 1's are clean."""
+    w, s, e = back_to_back([[0.001] * 200, [0.001] * 200])
+    s = s.copy()
+    s[(w == 0) & (np.arange(len(w)) % 7 == 3)] -= 30_000
+    return build(w, s, e, cpus=2, wall=float(e.max()) / S)
 
 
 def with_failures() -> Run:
