@@ -161,6 +161,7 @@ function fail(m){errs.textContent+=m+'\n';document.title='shoal report: error';d
 window.addEventListener('error',function(e){fail('error: '+e.message);});
 try{
 var D=JSON.parse(document.getElementById('shoal-data').textContent);
+var wall=D.wall,AX=D.axis;   // every chart shares the time axis [0, AX] seconds
 var W=1180,L=90,R=16;
 function heatColor(v){if(v<0)return '#ffffff';var f=v/100;
  var r=Math.round(240-f*(240-21)),g=Math.round(244-f*(244-101)),b=Math.round(250-f*(250-192));return 'rgb('+r+','+g+','+b+')';}
@@ -175,11 +176,10 @@ function timeAxis(x,t0,t1,y,h){x.fillStyle='#555';x.strokeStyle='#ccc';var ts=ti
  for(var i=0;i<ts.length;i++){var px=L+(ts[i]-t0)/(t1-t0)*(W-L-R);x.beginPath();x.moveTo(px,y);x.lineTo(px,y+4);x.stroke();
  x.fillText(fmtS(ts[i]),px-12,y+15);}}
 function heat(id,rows,bins,vals,labels,t0,t1,mark){var rh=Math.max(2,Math.min(16,Math.floor(480/Math.max(1,rows))));
- var h=rows*rh+30;var x=canvas(id,h);var cw=(W-L-R)/bins;
- for(var r=0;r<rows;r++){for(var b=0;b<bins;b++){x.fillStyle=heatColor(vals[r*bins+b]);x.fillRect(L+b*cw,r*rh,Math.ceil(cw),rh);}
+ var h=rows*rh+30;var x=canvas(id,h);var px0=L+t0/AX*(W-L-R),cw=(t1-t0)/AX*(W-L-R)/bins;
+ for(var r=0;r<rows;r++){for(var b=0;b<bins;b++){x.fillStyle=heatColor(vals[r*bins+b]);x.fillRect(px0+b*cw,r*rh,Math.ceil(cw),rh);}
   if(rh>=9||r%Math.ceil(9/rh)==0){x.fillStyle=(mark&&!mark[r])?'#aaa':'#333';x.fillText(labels[r],4,r*rh+Math.min(rh,12)-1);}}
- timeAxis(x,t0,t1,rows*rh+2,h);}
-var wall=D.wall;
+ timeAxis(x,0,AX,rows*rh+2,h);}
 // per-core heatmap
 if(D.cores){var C=D.cores;var lab=C.ids.map(function(i,k){return 'core '+i+(C.job[k]?'':' *');});
  heat('cores',C.rows,C.bins,C.values,lab,C.t0,C.t1,C.job);}
@@ -188,23 +188,25 @@ var T=D.timeline;var nw=T.rows.length!==undefined&&T.mode=='raw'?T.rows.length:T
 var wl=[];for(var i=0;i<nw;i++)wl.push('worker '+i);
 if(T.mode=='binned'){heat('workers',nw,T.bins,T.values,wl,0,wall);}
 else if(nw>0){var rh=Math.max(2,Math.min(16,Math.floor(480/nw)));var h=nw*rh+30;var x=canvas('workers',h);
- var sc=(W-L-R)/T.quant;var pal=['#1565c0','#2e7d32','#6a1b9a','#00838f','#ef6c00','#4e342e'];
+ var sc=(W-L-R)/T.quant*wall/AX;var pal=['#1565c0','#2e7d32','#6a1b9a','#00838f','#ef6c00','#4e342e'];
  var failed={};for(var k=0;k<T.failed.length;k++)failed[T.failed[k]]=1;var idx=0;
  for(var r=0;r<nw;r++){var g=T.rows[r][0],d=T.rows[r][1],t=0;x.fillStyle='#f4f6fa';x.fillRect(L,r*rh,W-L-R,rh-1);
   for(var j=0;j<g.length;j++){t+=g[j];var px=L+t*sc,pw=Math.max(1,d[j]*sc);
    x.fillStyle=failed[idx]?'#c62828':pal[r%pal.length];x.fillRect(px,r*rh,pw,rh-1);t+=d[j];idx++;}
   if(rh>=9||r%Math.ceil(9/rh)==0){x.fillStyle='#333';x.fillText(wl[r],4,r*rh+Math.min(rh,12)-1);}}
- timeAxis(x,0,wall,nw*rh+2,h);}
+ timeAxis(x,0,AX,nw*rh+2,h);}
 // duration histogram
 var H=D.hist;if(H.counts.length){var x=canvas('hist',220);var top=Math.max.apply(null,H.counts);var n=H.counts.length;
  var lo=Math.log10(H.edges[0]),hi=Math.log10(H.edges[n]);var pw=(W-L-R);
  x.strokeStyle='#ccc';x.fillStyle='#555';x.fillText(top.toLocaleString(),4,14);x.fillText('0',4,190);
  for(var i=0;i<n;i++){var a=L+(Math.log10(H.edges[i])-lo)/(hi-lo)*pw,b=L+(Math.log10(H.edges[i+1])-lo)/(hi-lo)*pw;
   var bh=H.counts[i]/top*180;x.fillStyle='#1565c0';x.fillRect(a,190-bh,Math.max(1,b-a-1),bh);}
- x.fillStyle='#555';for(var e=Math.ceil(lo);e<=Math.floor(hi);e++){var px=L+(e-lo)/(hi-lo)*pw;x.fillRect(px,190,1,4);x.fillText(fmtS(Math.pow(10,e)),px-10,206);}
+ x.fillStyle='#555';var mult=hi-lo<2.5?[1,2,5]:[1];
+ for(var e=Math.floor(lo);e<=Math.ceil(hi);e++){for(var k=0;k<mult.length;k++){var v=Math.log10(mult[k])+e;if(v<lo||v>hi)continue;
+  var px=L+(v-lo)/(hi-lo)*pw;x.fillRect(px,190,1,4);x.fillText(fmtS(Math.pow(10,v)),px-10,206);}}
  if(H.marks)for(var m in H.marks){var v=H.marks[m];if(v>0){var px=L+(Math.log10(v)-lo)/(hi-lo)*pw;x.fillStyle='#c62828';x.fillRect(px,10,1,180);x.fillText(m,px+2,20);}}}
 // sampled series
-var S=D.series;function line(id,keys,colors,ymax,ylab,limit){var x=canvas(id,170);var t0=0,t1=wall;var ph=130;
+var S=D.series;function line(id,keys,colors,ymax,ylab,limit){var x=canvas(id,170);var t0=0,t1=AX;var ph=130;
  x.strokeStyle='#eee';for(var q=0;q<=4;q++){var y=10+ph*q/4;x.beginPath();x.moveTo(L,y);x.lineTo(W-R,y);x.stroke();
   x.fillStyle='#555';x.fillText((+(ymax*(1-q/4)).toPrecision(3))+'',4,y+4);}
  x.fillText(ylab,4,ph+30);
@@ -231,13 +233,19 @@ def render(run: Run, s: dict[str, Any] | None = None, sched: _analysis.Schedule 
     edges, counts, hist_source = _analysis.duration_hist(run, sched)
     d = s["duration_s"]
     timeline = _timeline(run, sched)
+    wall_s = max(sched.wall, 1) / 1e9
+    cores = _cores(run)
+    series = _series(run, s["cpus"])
+    ends = [wall_s] + ([cores["t1"]] if cores else []) + [v[0][-1] for k, v in series.items()
+                                                          if isinstance(v, list) and v and v[0]]
     data = {
-        "wall": max(sched.wall, 1) / 1e9,
+        "wall": wall_s,
+        "axis": max(ends),
         "timeline": timeline,
-        "cores": _cores(run),
+        "cores": cores,
         "hist": {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts],
                  "marks": {k: d[k] for k in ("p50", "p99") if d.get(k)}},
-        "series": _series(run, s["cpus"]),
+        "series": series,
     }
     blob = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
     e = html.escape
