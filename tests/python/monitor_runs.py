@@ -237,6 +237,24 @@ def overlapping_records() -> Run:
     return build(w, s, e, cpus=2, wall=float(e.max()) / S)
 
 
+def serial_driver(workers: int = 4) -> Run:
+    """4 workers busy together for 1 s of a 10 s run: the caller's own code is the rest."""
+    w, s, e = back_to_back([[0.01] * 100] * workers, t0=8.0)
+    return build(w, s, e, cpus=workers, wall=10.0)
+
+
+def replaced_worker() -> Run:
+    """A healthy run where worker 1 died at 1 s and worker 4 took over its place."""
+    per = [[0.02] * 100, [0.02] * 50, [0.02] * 100, [0.02] * 100, [0.02] * 50]
+    w, s, e = back_to_back(per)
+    s[w == 4] += 1_000_000_000
+    e[w == 4] += 1_000_000_000
+    run = build(w, s, e, cpus=4, wall=2.0)
+    run.workers["ended"][1] = 1_000_000_000
+    run.workers["started"][4] = 1_000_000_000
+    return run
+
+
 def with_failures() -> Run:
     run = healthy()
     run.tasks["outcome"][::50] = RAISED

@@ -165,6 +165,19 @@ def test_effectively_serial_on_8_cpus():
     assert "a pool of 1 worker" in text and "launch line" in text
 
 
+def test_serial_names_the_callers_own_work():
+    s = _summary.stats(runs.serial_driver())
+    serial = next(f for f in s["findings"] if f["code"] == "serial")
+    assert "tasks ran during only 10% of the wall time" in serial["advice"][0]
+
+
+def test_a_replaced_worker_is_not_idle():
+    s = _summary.stats(runs.replaced_worker())
+    assert s["worker_busy_share"] == pytest.approx([1.0] * 5)
+    assert s["workers_alive_max"] == 4
+    assert s["findings"] == []
+
+
 def test_gil_names_the_gil():
     s = _summary.stats(runs.gil())
     serial = next(f for f in s["findings"] if f["code"] == "serial")

@@ -18,6 +18,8 @@ Definitions (docs/monitor.md repeats them for users):
   beside it but is not overhead: a task may wait because every worker is busy.
 * The tail = the last 10% of the span from the first task start to the last
   task end; a worker is busy in it if it ran tasks >= half of that window.
+* A worker's busy share = its busy time / the time it was alive (the wall
+  time unless the file says it started late or ended early).
 """
 
 from __future__ import annotations
@@ -127,7 +129,7 @@ def stats(run: Run, sched: Schedule | None = None) -> dict[str, Any]:
         tasks = int(attempts - outcome_counts[RETRIED])
     busy_ns = float(busy_w.sum())
     efficiency = busy_ns / (wall_ns * cpus)
-    share_w = busy_w / wall_ns
+    share_w = busy_w / _lifetimes(run, nw, wall_ns)
 
     # task durations (records of attempts that ran; retried attempts included)
     if len(dur):
@@ -146,7 +148,9 @@ def stats(run: Run, sched: Schedule | None = None) -> dict[str, Any]:
     overhead_ns = 0.0
     latency = {"p50": None, "p99": None}
     tail_busy = tail_active = 0
+    task_span = 0
     if len(dur):
+        task_span = int(sched.end.max()) - int(sched.start.min())
         same = sched.worker[1:] == sched.worker[:-1]
         gap = sched.start[1:] - np.maximum(sched.end[:-1], sched.submit[1:])
         overhead_ns = float(gap[same & (gap > 0)].sum())
@@ -216,6 +220,7 @@ def stats(run: Run, sched: Schedule | None = None) -> dict[str, Any]:
         "overhead_s": overhead_ns / 1e9,
         "overhead_share": overhead_share,
         "latency_s": latency,
+        "task_span_s": task_span / 1e9,
         "tail_workers_busy": tail_busy,
         "tail_workers_active": tail_active,
         "samples": samples,
@@ -236,6 +241,20 @@ def stats(run: Run, sched: Schedule | None = None) -> dict[str, Any]:
     s["findings"] = findings
     s["verdict"], s["level"] = _verdict(s, findings)
     return s
+
+
+def _lifetimes(run: Run, nw: int, wall_ns: int) -> np.ndarray:
+    """How long each worker was alive (a replaced worker's row, its part of
+    the run), the wall time where the file does not say."""
+    alive = np.full(nw, float(wall_ns))
+    w = run.workers
+    if len(w):
+        keep = w["worker"] < nw
+        w = w[keep]
+        started = np.clip(w["started"], 0, wall_ns)
+        ended = np.where(w["ended"] >= 0, np.minimum(w["ended"], wall_ns), wall_ns)
+        alive[w["worker"]] = np.maximum(ended - started, 1)
+    return alive
 
 
 def _hist_quantiles(h: np.ndarray) -> dict[str, float | None]:
@@ -295,6 +314,10 @@ def _findings(s: dict[str, Any]) -> list[dict[str, Any]]:
     if cpus >= 2 and conc <= SERIAL_CONCURRENCY:
         serial = True
         causes = []
+        span = s["task_span_s"] / s["wall_s"] if s["wall_s"] else 1.0
+        if span < 0.5:
+            causes.append(f"tasks ran during only {_pct(span)} of the wall time: the rest is the "
+                          "caller's own serial work (loading, writing, between maps)")
         if s["workers_alive_max"] <= 1:
             causes.append("a pool of 1 worker (Pool(1), or workers= read from a variable that was 1)")
         else:
