@@ -443,6 +443,36 @@ def test_report_on_a_garbage_file_exits_2(tmp_path):
     assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
 
 
+def test_report_with_a_stand_in_reader(tmp_path, monkeypatch, capsys):
+    """The command's plumbing, with shoal.monitor.load replaced: a Run gives
+    the summary and every file; the reader's error gives one line and 2."""
+    import shoal.monitor as mon
+
+    class StandInError(ValueError):
+        pass
+
+    def load(path):
+        if "garbage" in str(path):
+            raise StandInError("no shoal monitor magic at offset 0")
+        return runs.imbalanced()
+
+    monkeypatch.setattr(mon, "load", load, raising=False)
+    monkeypatch.setattr(mon, "MonitorFileError", StandInError, raising=False)
+    from shoal import cli
+
+    html, png, trace = (str(tmp_path / n) for n in ("r.html", "r.png", "r.json.gz"))
+    assert cli.main(["report", "run.shoal", "--html", html, "--png", png, "--trace", trace,
+                     "--color", "never"]) == 0
+    out = capsys.readouterr().out
+    assert "Verdict: poor (44% CPU efficiency on 4 CPUs): imbalance" in out
+    assert f"wrote {html}, {png}, {trace}" in out
+    assert all(os.path.getsize(p) > 1000 for p in (html, png, trace))
+    assert cli.main(["report", "garbage.shoal"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == ("shoal report: garbage.shoal is not a readable shoal monitor file: "
+                           "no shoal monitor magic at offset 0")
+
+
 def test_report_on_a_missing_file_exits_2():
     p = subprocess.run([sys.executable, "-m", "shoal", "report", "/nonexistent/run.shoal"],
                        capture_output=True, text=True, timeout=60)
