@@ -114,7 +114,9 @@ def stats(run: Run, sched: Schedule | None = None) -> dict[str, Any]:
     nw = sched.workers
     t = run.tasks
     attempts = len(t)
-    outcome_counts = np.bincount(t["outcome"], minlength=len(OUTCOMES)) if attempts else np.zeros(len(OUTCOMES), int)
+    outcome = np.ascontiguousarray(t["outcome"])
+    # u1 compares: several times faster than bincount's conversion to intp
+    outcome_counts = np.array([np.count_nonzero(outcome == k) for k in range(len(OUTCOMES))])
     dur = sched.duration
 
     # busy time per worker: the counters (exact), else the task records
@@ -150,16 +152,20 @@ def stats(run: Run, sched: Schedule | None = None) -> dict[str, Any]:
     tail_busy = tail_active = 0
     task_span = 0
     if len(dur):
-        task_span = int(sched.end.max()) - int(sched.start.min())
-        same = sched.worker[1:] == sched.worker[:-1]
-        gap = sched.start[1:] - np.maximum(sched.end[:-1], sched.submit[1:])
-        overhead_ns = float(gap[same & (gap > 0)].sum())
-        sub = sched.submit >= 0
-        if sub.any():
-            lat = (sched.start - sched.submit)[sub]
+        first, last = int(sched.start.min()), int(sched.end.max())
+        task_span = last - first
+        # in place, no masks: a million-row run pays a few passes here
+        gap = np.maximum(sched.end[:-1], sched.submit[1:])
+        np.subtract(sched.start[1:], gap, out=gap)
+        np.maximum(gap, 0, out=gap)
+        gap[sched.bounds[1:-1][(sched.bounds[1:-1] > 0) & (sched.bounds[1:-1] < len(dur))] - 1] = 0
+        overhead_ns = float(gap.sum())
+        lat = sched.start - sched.submit
+        if int(sched.submit.min()) < 0:
+            lat = lat[sched.submit >= 0]
+        if len(lat):
             l50, l99 = quantiles(lat, (0.5, 0.99))
             latency = {"p50": max(0.0, l50) / 1e9, "p99": max(0.0, l99) / 1e9}
-        first, last = int(sched.start.min()), int(sched.end.max())
         window = (last - first) * TAIL_SHARE
         if window > 0:
             t0 = last - window
