@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shoal.monitor._run import (COUNTER_DTYPE, GPU_SAMPLE_DTYPE, OK, RAISED, SYSTEM_SAMPLE_DTYPE,
+from shoal.monitor._run import (COUNTER_DTYPE, GPU_SAMPLE_DTYPE, NATIVE_DTYPE, OK, RAISED, SYSTEM_SAMPLE_DTYPE,
                                 TASK_DTYPE, WORKER_DTYPE, WORKER_SAMPLE_DTYPE, Run)
 
 S = 1_000_000_000  # ns per second
@@ -252,6 +252,24 @@ def replaced_worker() -> Run:
     run = build(w, s, e, cpus=4, wall=2.0)
     run.workers["ended"][1] = 1_000_000_000
     run.workers["started"][4] = 1_000_000_000
+    return run
+
+
+def native_loops(cpus: int = 4, calls: int = 200, busy: float = 1.0) -> Run:
+    """No tasks: 200 parallel_reduce calls of 10 ms on 4 threads, back to back
+    over 2 s, each thread busy ``busy`` of each call."""
+    n = calls * cpus
+    nat = np.zeros(n, NATIVE_DTYPE)
+    nat["call"] = np.repeat(np.arange(calls), cpus)
+    nat["thread"] = np.tile(np.arange(cpus), calls)
+    nat["start"] = nat["call"].astype(np.int64) * 10_000_000
+    nat["end"] = nat["start"] + 10_000_000
+    nat["busy_ns"] = int(busy * 10_000_000)
+    wall = calls * 0.01
+    run = Run(meta=_meta(cpus, int(wall * S)), native=nat)
+    run.meta["backends"] = []
+    at = np.arange(0, int(wall * S) + 1, S // 10, dtype=np.int64)
+    run.core_t, run.core_busy, run.core_ids = at, np.full((len(at), cpus), busy, np.float32), list(range(cpus))
     return run
 
 

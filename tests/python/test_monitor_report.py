@@ -178,6 +178,22 @@ def test_a_replaced_worker_is_not_idle():
     assert s["findings"] == []
 
 
+def test_native_loops_count_as_busy_time(tmp_path):
+    s = _summary.stats(runs.native_loops())
+    assert s["native"]["calls"] == 200 and s["native"]["threads"] == 4
+    assert s["efficiency"] == pytest.approx(1.0)
+    assert "native loops" in s["busy_source"] and s["findings"] == []
+    assert "200 calls on 4 threads" in _summary.summary(runs.native_loops(), color=False)
+    s = _summary.stats(runs.native_loops(busy=0.5))
+    assert s["efficiency"] == pytest.approx(0.5)
+    assert "native_imbalance" in [f["code"] for f in s["findings"]]
+    path = str(tmp_path / "n.json.gz")
+    _trace.write_trace(runs.native_loops(), path)
+    doc = _load_trace(path)
+    loops = [ev for ev in doc["traceEvents"] if ev["ph"] == "X" and ev["pid"] == _trace.NATIVE_PID]
+    assert len(loops) == 800 and loops[0]["args"]["busy_ns"] == 10_000_000
+
+
 def test_gil_names_the_gil():
     s = _summary.stats(runs.gil())
     serial = next(f for f in s["findings"] if f["code"] == "serial")
@@ -420,6 +436,17 @@ def test_trace_of_failures_and_ranks(tmp_path):
     assert sum(ev["args"]["outcome"] == "raised" for ev in slices) == 8
     procs = {ev["args"]["name"] for ev in doc["traceEvents"] if ev["ph"] == "M" and ev["name"] == "process_name"}
     assert {"shoal: workers, rank 0", "shoal: workers, rank 1"} <= procs
+
+
+@pytest.mark.parametrize("factory", ["healthy", "few_tasks", "native_loops", "gpu_idle", "overlapping_records",
+                                     "replaced_worker", "empty"])
+def test_every_report_of_odd_runs(tmp_path, factory):
+    run = Run(meta={}) if factory == "empty" else getattr(runs, factory)()
+    s = _report.write_reports(run, html=str(tmp_path / "r.html"), png=str(tmp_path / "r.png"),
+                              trace=str(tmp_path / "r.json.gz"))
+    assert s["verdict"]
+    assert _summary.summary(run, color=False)
+    assert json.load(gzip.open(tmp_path / "r.json.gz"))["traceEvents"]
 
 
 # ---------------------------------------------------------------- shoal report

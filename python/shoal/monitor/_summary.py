@@ -9,6 +9,8 @@ Definitions (docs/monitor.md repeats them for users):
 * CPU efficiency = busy core-seconds / (wall time x CPUs given). Busy time
   comes from the always-on per-worker counters (exact even when task records
   were dropped), else from the task records; ``busy_source`` says which.
+  The native loops' per-thread busy time (parallel_for, parallel_reduce) adds
+  to it.
 * Measured CPU = the CPU time the sampler saw the workers use (process CPU
   for process workers, thread CPU for threads), over the same denominator.
 * Overhead = on each worker, the time between the end of one task and the
@@ -130,6 +132,10 @@ def stats(run: Run, sched: Schedule | None = None) -> dict[str, Any]:
         busy_source = "task records"
         tasks = int(attempts - outcome_counts[RETRIED])
     busy_ns = float(busy_w.sum())
+    native = _native(run)
+    if native:
+        busy_ns += native["busy_s"] * 1e9
+        busy_source += " + native loops' per-thread busy time"
     efficiency = busy_ns / (wall_ns * cpus)
     share_w = busy_w / _lifetimes(run, nw, wall_ns)
 
@@ -174,7 +180,7 @@ def stats(run: Run, sched: Schedule | None = None) -> dict[str, Any]:
             tail_w = np.bincount(sched.worker[late], weights=part.astype(float), minlength=nw)
             tail_busy = int((tail_w >= TAIL_BUSY * window).sum())
         tail_active = int((np.diff(sched.bounds) > 0).sum())
-    task_busy_ns = float(dur.sum()) if len(dur) else busy_ns
+    task_busy_ns = float(dur.sum()) if len(dur) else float(busy_w.sum())
     overhead_share = overhead_ns / (overhead_ns + task_busy_ns) if overhead_ns + task_busy_ns > 0 else 0.0
 
     measured = _measured_cpu_ns(run)
@@ -239,6 +245,7 @@ def stats(run: Run, sched: Schedule | None = None) -> dict[str, Any]:
         "memory_share": (mem_peak / mem_limit) if mem_limit and mem_peak else None,
         "gpus": gpus,
         "gpu_note": meta.get("gpu_note"),
+        "native": native,
         "dropped": int(run.dropped),
         "truncated": run.truncated or "",
         "slurm": bool((alloc.get("slurm") or {}).get("in_job")) if alloc else False,
@@ -247,6 +254,20 @@ def stats(run: Run, sched: Schedule | None = None) -> dict[str, Any]:
     s["findings"] = findings
     s["verdict"], s["level"] = _verdict(s, findings)
     return s
+
+
+def _native(run: Run) -> dict[str, Any] | None:
+    """parallel_for / parallel_reduce: calls, threads, busy time, and the share
+    of the threads' time inside the calls they were busy."""
+    nat = run.native
+    if len(nat) == 0:
+        return None
+    span = np.clip(nat["end"] - nat["start"], 0, None).astype(float)
+    busy = float(nat["busy_ns"].sum())
+    _, first = np.unique(nat["call"], return_index=True)
+    return {"calls": int(len(first)), "threads": int(len(np.unique(nat["thread"]))),
+            "busy_s": busy / 1e9, "loop_s": float(span[first].sum()) / 1e9,
+            "busy_share": busy / span.sum() if span.sum() > 0 else 0.0}
 
 
 def _lifetimes(run: Run, nw: int, wall_ns: int) -> np.ndarray:
@@ -426,6 +447,15 @@ def _findings(s: dict[str, Any]) -> list[dict[str, Any]]:
                 f"last {_pct(TAIL_SHARE)} of the run",
                 "the last tasks ran alone: submit long tasks first, or split them"))
 
+    nat = s["native"]
+    if nat and nat["busy_share"] < FAIR:
+        out.append(_finding(
+            "native_imbalance", "warn",
+            f"native loops: their threads were busy {_pct(nat['busy_share'])} of the time inside the "
+            f"{nat['calls']:,} calls",
+            "uneven iterations or too few of them per thread: a smaller grain= spreads them; "
+            "very short calls spend their time starting and joining the threads"))
+
     # memory
     ms = s["memory_share"]
     if ms is not None:
@@ -589,6 +619,10 @@ def summary(run: Run, color: bool | None = None, s: dict[str, Any] | None = None
         if lat["p50"] is not None:
             row("submit->start", f"p50 {_seconds(lat['p50'])}  p99 {_seconds(lat['p99'])} "
                 "(queueing included)")
+    nat = s["native"]
+    if nat:
+        row("native loops", f"{nat['calls']:,} calls on {nat['threads']} threads, {_seconds(nat['loop_s'])}: "
+            f"threads busy {_pct(nat['busy_share'])} of that ({nat['busy_s']:.4g} core-s)")
     if s["memory_peak"]:
         mem = f"peak {_bytes(s['memory_peak'])} ({s['memory_source']})"
         if s["memory_limit"]:

@@ -3,6 +3,8 @@
     pid 1  "shoal: system"          C: cores busy, workers' CPU, runnable threads,
                                        memory, /dev/shm, GPU utilisation
     pid 2  "shoal: cores"           C: one "core N" counter per core (busy fraction)
+    pid 3  "shoal: native loops"    a thread per native thread: an X slice per
+                                       parallel_for/parallel_reduce call, args busy_ns
     pid 10+r "shoal: workers, rank r"  one thread per worker: an X slice per task
                                        attempt, args task/fn/outcome/bytes_in/bytes_out
 
@@ -26,7 +28,7 @@ import numpy as np
 from . import _analysis
 from ._run import OUTCOMES, Run
 
-SYSTEM_PID, CORES_PID, WORKERS_PID = 1, 2, 10
+SYSTEM_PID, CORES_PID, NATIVE_PID, WORKERS_PID = 1, 2, 3, 10
 MAX_CORE_EVENTS = 400_000   # per-core counters are binned in time beyond this
 MAX_SERIES_EVENTS = 20_000  # per system counter
 CHUNK = 50_000
@@ -111,6 +113,7 @@ def write_trace(run: Run, path: str, sched: _analysis.Schedule | None = None,
             _meta(out, "thread_name", WORKERS_PID + int(rank[w]), {"name": label}, tid=w + 1)
             _meta(out, "thread_sort_index", WORKERS_PID + int(rank[w]), {"sort_index": w}, tid=w + 1)
         _write_tasks(out, run, sched, rank)
+        _write_native(out, run)
         _write_counters(out, run)
         # a last metadata event, so that every event above ends with ",\n"
         out.write(b'{"name":"trace_end","ph":"M","pid":1,"args":{}}\n]}\n')
@@ -167,6 +170,35 @@ def _us(ticks: np.ndarray) -> list[str]:
     """Ticks of 100 ns as microseconds with one decimal, written exactly."""
     whole, tenth = np.divmod(ticks, 10)
     return [f"{a}.{b}" if b else str(a) for a, b in zip(whole.tolist(), tenth.tolist())]
+
+
+def _write_native(out: IO[bytes], run: Run) -> None:
+    """parallel_for / parallel_reduce: a thread per native thread, a slice per
+    call it took part in (clamped like the tasks), args busy_ns."""
+    nat = run.native
+    if len(nat) == 0:
+        return
+    _meta(out, "process_name", NATIVE_PID, {"name": "shoal: native loops"})
+    _meta(out, "process_sort_index", NATIVE_PID, {"sort_index": 1})
+    order = np.lexsort((nat["start"], nat["thread"]))
+    thread = nat["thread"][order].astype(np.int64)
+    start = nat["start"][order].astype(np.int64)
+    end = np.maximum(nat["end"][order].astype(np.int64), start)
+    bounds = np.flatnonzero(np.r_[True, thread[1:] != thread[:-1], True])
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        if hi - lo > 1:
+            start[lo + 1:hi] = np.maximum(start[lo + 1:hi], np.maximum.accumulate(end[lo:hi - 1]))
+    end = np.maximum(end, start)
+    for th in np.unique(thread).tolist():
+        _meta(out, "thread_name", NATIVE_PID, {"name": f"native thread {th}"}, tid=th + 1)
+    s_t = np.round(start / TICK_NS).astype(np.int64)
+    e_t = np.round(end / TICK_NS).astype(np.int64)
+    parts = []
+    for call, th, ts, du, busy in zip(nat["call"][order].tolist(), thread.tolist(), _us(s_t),
+                                      _us(e_t - s_t), nat["busy_ns"][order].tolist()):
+        parts.append(f'{{"name":"loop {call}","ph":"X","ts":{ts},"dur":{du},"pid":{NATIVE_PID},'
+                     f'"tid":{th + 1},"args":{{"call":{call},"busy_ns":{busy}}}}},\n')
+    out.write("".join(parts).encode())
 
 
 def _write_counters(out: IO[bytes], run: Run) -> None:
