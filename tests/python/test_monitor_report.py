@@ -178,6 +178,15 @@ def test_a_replaced_worker_is_not_idle():
     assert s["findings"] == []
 
 
+def test_sleeping_threads_are_waiting_not_the_gil():
+    per = [[0.02] * 100] * 4
+    w, s, e = runs.back_to_back(per)
+    run = runs.build(w, s, e, cpus=4, wall=float(e.max()) / runs.S, cpu=0.01, backends=["threads"])
+    found = codes(run)
+    assert "serial" not in found and "waiting" in found
+    assert "waiting" not in codes(runs.gil()) and "waiting" not in codes(runs.healthy())
+
+
 def test_native_loops_count_as_busy_time(tmp_path):
     s = _summary.stats(runs.native_loops())
     assert s["native"]["calls"] == 200 and s["native"]["threads"] == 4
