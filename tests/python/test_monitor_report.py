@@ -340,10 +340,16 @@ def test_html_renders_in_headless_chromium(tmp_path, factory, million):
     # the canvases were drawn: pixels of the timeline's / heatmap's blues
     blue = (img[..., 2] > 0.6) & (img[..., 0] < 0.3)
     assert blue.sum() > 10_000
-    dom = subprocess.run(base + ["--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    dom = subprocess.run(base + ["--dump-dom", url + "#selftest"], capture_output=True, text=True,
+                         timeout=120).stdout
     assert 'data-status="ok"' in dom, re.findall(r'<pre id="errors">(.*?)</pre>', dom, re.S)
     assert "<title>shoal report: ok</title>" in dom
     assert re.search(r'<pre id="errors"></pre>', dom)
+    # the tooltips answer on both charts (the page hovers them itself under #selftest)
+    said = re.search(r'data-selftest="([^"]*)"', dom).group(1)
+    assert re.search(r"cores: core 0 · [\d.]+ \S+ · busy \d+%", said), said
+    worker = r"workers: worker 0 · [\d.]+ \S+ · " + (r"busy \d+%" if factory == "million" else r"task \d+ of this worker")
+    assert re.search(worker, said), said
 
 
 # ---------------------------------------------------------------- PNG

@@ -151,7 +151,7 @@ h1{font-size:20px;margin:0 0 4px} h2{font-size:16px;margin:24px 0 6px}
 ul.advice{margin:6px 0 0 0} ul.advice li{margin:3px 0} ul.advice .a{color:#444;font-weight:400}
 table.fig{border-collapse:collapse;margin-top:8px} table.fig th{text-align:left;padding:2px 14px 2px 0;color:#555;font-weight:500}
 canvas{display:block;border:1px solid #ddd;margin-top:4px} pre{background:#f7f7f7;padding:10px;overflow:auto;font-size:12px}
-#errors{color:#c62828} .legend span{display:inline-block;width:12px;height:12px;vertical-align:middle;margin:0 4px 0 10px}
+#errors{color:#c62828} #tip{position:fixed;display:none;background:#222;color:#fff;padding:3px 7px;border-radius:4px;font-size:12px;pointer-events:none;white-space:nowrap} .legend span{display:inline-block;width:12px;height:12px;vertical-align:middle;margin:0 4px 0 10px}
 """
 
 _JS = r"""
@@ -162,6 +162,11 @@ window.addEventListener('error',function(e){fail('error: '+e.message);});
 try{
 var D=JSON.parse(document.getElementById('shoal-data').textContent);
 var wall=D.wall,AX=D.axis;   // every chart shares the time axis [0, AX] seconds
+var tip=document.getElementById('tip');
+function hover(id,fn){var c=document.getElementById(id);c.addEventListener('mousemove',function(ev){
+ var b=c.getBoundingClientRect();var t=fn(ev.clientX-b.left,ev.clientY-b.top);
+ if(t){tip.textContent=t;tip.style.display='block';tip.style.left=(ev.clientX+14)+'px';tip.style.top=(ev.clientY+14)+'px';}
+ else tip.style.display='none';});c.addEventListener('mouseleave',function(){tip.style.display='none';});}
 var W=1180,L=90,R=16;
 function heatColor(v){if(v<0)return '#ffffff';var f=v/100;
  var r=Math.round(240-f*(240-21)),g=Math.round(244-f*(244-101)),b=Math.round(250-f*(250-192));return 'rgb('+r+','+g+','+b+')';}
@@ -179,7 +184,10 @@ function heat(id,rows,bins,vals,labels,t0,t1,mark){var rh=Math.max(2,Math.min(16
  var h=rows*rh+30;var x=canvas(id,h);var px0=L+t0/AX*(W-L-R),cw=(t1-t0)/AX*(W-L-R)/bins;
  for(var r=0;r<rows;r++){for(var b=0;b<bins;b++){x.fillStyle=heatColor(vals[r*bins+b]);x.fillRect(px0+b*cw,r*rh,Math.ceil(cw),rh);}
   if(rh>=9||r%Math.ceil(9/rh)==0){x.fillStyle=(mark&&!mark[r])?'#aaa':'#333';x.fillText(labels[r],4,r*rh+Math.min(rh,12)-1);}}
- timeAxis(x,0,AX,rows*rh+2,h);}
+ timeAxis(x,0,AX,rows*rh+2,h);
+ hover(id,function(px,py){var r=Math.floor(py/rh);if(r<0||r>=rows||px<L)return null;var t=(px-L)/(W-L-R)*AX;
+  var b=Math.floor((t-t0)/(t1-t0)*bins);if(b<0||b>=bins)return labels[r]+' · '+fmtS(t);var v=vals[r*bins+b];
+  return labels[r]+' · '+fmtS(t)+' · '+(v<0?'no sample':'busy '+v+'%');});}
 // per-core heatmap
 if(D.cores){var C=D.cores;var lab=C.ids.map(function(i,k){return 'core '+i+(C.job[k]?'':' *');});
  heat('cores',C.rows,C.bins,C.values,lab,C.t0,C.t1,C.job);}
@@ -189,12 +197,18 @@ var wl=[];for(var i=0;i<nw;i++)wl.push('worker '+i);
 if(T.mode=='binned'){heat('workers',nw,T.bins,T.values,wl,0,wall);}
 else if(nw>0){var rh=Math.max(2,Math.min(16,Math.floor(480/nw)));var h=nw*rh+30;var x=canvas('workers',h);
  var sc=(W-L-R)/T.quant*wall/AX;var pal=['#1565c0','#2e7d32','#6a1b9a','#00838f','#ef6c00','#4e342e'];
- var failed={};for(var k=0;k<T.failed.length;k++)failed[T.failed[k]]=1;var idx=0;
+ var failed={};for(var k=0;k<T.failed.length;k++)failed[T.failed[k]]=k;var idx=0;var rowsS=[],rowsE=[],rowsI=[];
  for(var r=0;r<nw;r++){var g=T.rows[r][0],d=T.rows[r][1],t=0;x.fillStyle='#f4f6fa';x.fillRect(L,r*rh,W-L-R,rh-1);
-  for(var j=0;j<g.length;j++){t+=g[j];var px=L+t*sc,pw=Math.max(1,d[j]*sc);
-   x.fillStyle=failed[idx]?'#c62828':pal[r%pal.length];x.fillRect(px,r*rh,pw,rh-1);t+=d[j];idx++;}
+  var S0=new Float64Array(g.length),E0=new Float64Array(g.length);rowsS.push(S0);rowsE.push(E0);rowsI.push(idx);
+  for(var j=0;j<g.length;j++){t+=g[j];S0[j]=t;var px=L+t*sc,pw=Math.max(1,d[j]*sc);
+   x.fillStyle=(idx in failed)?'#c62828':pal[r%pal.length];x.fillRect(px,r*rh,pw,rh-1);t+=d[j];E0[j]=t;idx++;}
   if(rh>=9||r%Math.ceil(9/rh)==0){x.fillStyle='#333';x.fillText(wl[r],4,r*rh+Math.min(rh,12)-1);}}
- timeAxis(x,0,AX,nw*rh+2,h);}
+ timeAxis(x,0,AX,nw*rh+2,h);
+ hover('workers',function(px,py){var r=Math.floor(py/rh);if(r<0||r>=nw||px<L)return null;var q=(px-L)/sc;
+  var S0=rowsS[r],E0=rowsE[r],lo=0,hi=S0.length-1,tol=2/sc;while(lo<hi){var m=(lo+hi+1)>>1;if(S0[m]<=q+tol)lo=m;else hi=m-1;}
+  var u=wall/T.quant,head=wl[r]+' · '+fmtS(q*u);
+  if(!S0.length||S0[lo]>q+tol||E0[lo]<q-tol)return head+' · idle';var k=rowsI[r]+lo;
+  return head+' · task '+(lo+1)+' of this worker, '+fmtS((E0[lo]-S0[lo])*u)+((k in failed)?' · '+T.failed_outcomes[failed[k]]:'');});}
 // duration histogram
 var H=D.hist;if(H.counts.length){var x=canvas('hist',220);var top=Math.max.apply(null,H.counts);var n=H.counts.length;
  var lo=Math.log10(H.edges[0]),hi=Math.log10(H.edges[n]);var pw=(W-L-R);
@@ -219,6 +233,10 @@ function mx(k){var s=S[k];return s?Math.max.apply(null,s[1]):0;}
 if(S.cores_busy||S.runnable){line('cpu',['cores_busy','runnable'],['#1565c0','#ef6c00'],Math.max(S.cpus,mx('runnable'),mx('cores_busy'))*1.05,'CPUs',S.cpus);}
 if(S.memory){line('mem',['memory'],['#6a1b9a'],Math.max(mx('memory'),S.memory_limit||0)*1.05||1,'GiB',S.memory_limit);}
 if(S.gpu_util){line('gpu',['gpu_util'],['#2e7d32'],100,'% util',null);}
+if(location.hash=='#selftest'){   // tests: hover each chart once, keep what the tooltip said
+ var said=[];['cores','workers'].forEach(function(id){var c=document.getElementById(id);if(!c||!c.width)return;
+  var b=c.getBoundingClientRect();c.dispatchEvent(new MouseEvent('mousemove',{clientX:b.left+L+40,clientY:b.top+4}));
+  said.push(id+': '+tip.textContent);});document.body.setAttribute('data-selftest',said.join(' | '));}
 if(!errs.textContent){document.title='shoal report: ok';document.body.setAttribute('data-status','ok');}
 }catch(e){fail('exception: '+e.message+' '+(e.stack||''));}
 })();
@@ -293,6 +311,7 @@ def render(run: Run, s: dict[str, Any] | None = None, sched: _analysis.Schedule 
 {''.join(sections)}
 <h2>Summary</h2><pre>{e(text)}</pre>
 <pre id="errors"></pre>
+<div id="tip"></div>
 <script type="application/json" id="shoal-data">{blob}</script>
 <script>{_JS}</script>
 </body></html>

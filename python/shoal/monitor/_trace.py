@@ -13,7 +13,8 @@ slices are on a 100 ns grid.
 Slices on one worker never partially overlap: they are sorted, and a start
 that clock noise put before the previous slice's end is moved to that end
 (``args.clamped_ns`` says by how much). The JSON is streamed into gzip in
-chunks, never built as one list of a million dicts.
+chunks, never built as one list of a million dicts; each event after the
+first starts with ",\n".
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def _meta(out: IO[bytes], name: str, pid: int, args: dict, tid: int | None = Non
     ev: dict[str, Any] = {"name": name, "ph": "M", "pid": pid, "args": args}
     if tid is not None:
         ev["tid"] = tid
-    out.write(json.dumps(ev, separators=(",", ":")).encode() + b",\n")
+    out.write(b",\n" + json.dumps(ev, separators=(",", ":")).encode())
 
 
 def _counter(out: IO[bytes], name: str, pid: int, t_ns: np.ndarray, series: dict[str, np.ndarray],
@@ -66,7 +67,7 @@ def _counter(out: IO[bytes], name: str, pid: int, t_ns: np.ndarray, series: dict
     parts = []
     for i, ts in enumerate(t):
         args = ",".join(f'"{k}":{_num(c[i])}' for k, c in zip(keys, cols))
-        parts.append(f'{{"name":{enc},"ph":"C","ts":{ts:.3f},"pid":{pid},"args":{{{args}}}}},\n')
+        parts.append(f',\n{{"name":{enc},"ph":"C","ts":{ts:.3f},"pid":{pid},"args":{{{args}}}}}')
     out.write("".join(parts).encode())
     return len(t)
 
@@ -94,8 +95,10 @@ def write_trace(run: Run, path: str, sched: _analysis.Schedule | None = None,
         other = {"tool": "shoal monitor", "command": run.meta.get("command"), "host": run.meta.get("host"),
                  "start_unix": run.meta.get("start_unix"), "cpus_given": run.meta.get("cpus_given"),
                  "dropped_records": int(run.dropped), "truncated": run.truncated or ""}
-        out.write(b'{"displayTimeUnit":"ms","otherData":' + json.dumps(other).encode() + b',"traceEvents":[\n')
-        _meta(out, "process_name", SYSTEM_PID, {"name": "shoal: system"})
+        # every event after the first one starts with ",\n"
+        out.write(b'{"displayTimeUnit":"ms","otherData":' + json.dumps(other).encode() + b',"traceEvents":[\n'
+                  + json.dumps({"name": "process_name", "ph": "M", "pid": SYSTEM_PID,
+                                "args": {"name": "shoal: system"}}, separators=(",", ":")).encode())
         _meta(out, "process_sort_index", SYSTEM_PID, {"sort_index": 0})
         _meta(out, "process_name", CORES_PID, {"name": "shoal: cores"})
         _meta(out, "process_sort_index", CORES_PID, {"sort_index": 1})
@@ -103,7 +106,7 @@ def write_trace(run: Run, path: str, sched: _analysis.Schedule | None = None,
         for r in ranks:
             label = "shoal: workers" + (f", rank {r}" if len(ranks) > 1 else "")
             _meta(out, "process_name", WORKERS_PID + r, {"name": label})
-            _meta(out, "process_sort_index", WORKERS_PID + r, {"sort_index": 2 + r})
+            _meta(out, "process_sort_index", WORKERS_PID + r, {"sort_index": 3 + r})
         pids = {}
         if len(run.workers):
             pids = dict(zip(run.workers["worker"].tolist(), run.workers["pid"].tolist()))
@@ -115,8 +118,7 @@ def write_trace(run: Run, path: str, sched: _analysis.Schedule | None = None,
         _write_tasks(out, run, sched, rank)
         _write_native(out, run)
         _write_counters(out, run)
-        # a last metadata event, so that every event above ends with ",\n"
-        out.write(b'{"name":"trace_end","ph":"M","pid":1,"args":{}}\n]}\n')
+        out.write(b"\n]}\n")
     return path
 
 
@@ -141,8 +143,8 @@ def _write_tasks(out: IO[bytes], run: Run, sched: _analysis.Schedule, rank: np.n
     outcome = np.ascontiguousarray(t["outcome"])
     attempt = np.ascontiguousarray(t["attempt"])
     b_in, b_out = np.ascontiguousarray(t["bytes_in"]), np.ascontiguousarray(t["bytes_out"])
-    fmt = ('{"name":%s,"ph":"X","ts":%s,"dur":%s,"pid":%d,"tid":%d,'
-           '"args":{"task":%d,"fn":%s,"outcome":%s,"bytes_in":%d,"bytes_out":%d%s}},\n')
+    fmt = (',\n{"name":%s,"ph":"X","ts":%s,"dur":%s,"pid":%d,"tid":%d,'
+           '"args":{"task":%d,"fn":%s,"outcome":%s,"bytes_in":%d,"bytes_out":%d%s}}')
     for lo in range(0, n, CHUNK):
         hi = min(n, lo + CHUNK)
         rows = idx[lo:hi]
@@ -179,7 +181,7 @@ def _write_native(out: IO[bytes], run: Run) -> None:
     if len(nat) == 0:
         return
     _meta(out, "process_name", NATIVE_PID, {"name": "shoal: native loops"})
-    _meta(out, "process_sort_index", NATIVE_PID, {"sort_index": 1})
+    _meta(out, "process_sort_index", NATIVE_PID, {"sort_index": 2})
     order = np.lexsort((nat["start"], nat["thread"]))
     thread = nat["thread"][order].astype(np.int64)
     start = nat["start"][order].astype(np.int64)
@@ -196,8 +198,8 @@ def _write_native(out: IO[bytes], run: Run) -> None:
     parts = []
     for call, th, ts, du, busy in zip(nat["call"][order].tolist(), thread.tolist(), _us(s_t),
                                       _us(e_t - s_t), nat["busy_ns"][order].tolist()):
-        parts.append(f'{{"name":"loop {call}","ph":"X","ts":{ts},"dur":{du},"pid":{NATIVE_PID},'
-                     f'"tid":{th + 1},"args":{{"call":{call},"busy_ns":{busy}}}}},\n')
+        parts.append(f',\n{{"name":"loop {call}","ph":"X","ts":{ts},"dur":{du},"pid":{NATIVE_PID},'
+                     f'"tid":{th + 1},"args":{{"call":{call},"busy_ns":{busy}}}}}')
     out.write("".join(parts).encode())
 
 
