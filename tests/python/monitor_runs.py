@@ -148,6 +148,15 @@ def serial(cpus: int = 8, tasks: int = 200, task_s: float = 0.01) -> Run:
     return run
 
 
+def launch_line() -> Run:
+    """srun without --cpus-per-task: SLURM gave the node 8 CPUs, the process 1."""
+    w, s, e = back_to_back([[0.01] * 200])
+    run = build(w, s, e, cpus=1, wall=float(e.max()) / S)
+    run.meta["allocation"]["slurm"] = {"in_job": True, "cpus_on_node": 8, "job_cpus_per_node": [8]}
+    run.meta["allocation"]["cpus_source"] = "CPU affinity"
+    return run
+
+
 def few_tasks(n: int = 5) -> Run:
     """5 tasks of 10 ms: too little data for a verdict."""
     w, s, e = back_to_back([[0.01] * n])

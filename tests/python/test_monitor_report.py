@@ -133,6 +133,7 @@ def test_healthy_run_has_no_finding():
 @pytest.mark.parametrize("factory, code", [
     ("serial", "serial"),
     ("gil", "serial"),
+    ("launch_line", "serial"),
     ("imbalanced", "low_efficiency"),
     ("imbalanced", "imbalance"),
     ("long_tail", "tail"),
@@ -163,12 +164,21 @@ def test_effectively_serial_on_8_cpus():
     assert "effectively serial" in s["verdict"]
     text = _summary.summary(runs.serial(cpus=8), color=False)
     assert "a pool of 1 worker" in text and "launch line" in text
+    # 8 workers, one task at a time
+    w, st, e = runs.back_to_back([[0.01] * 25] * 8)
+    order = np.argsort(w * 0 + np.arange(len(w)) % 25 * 8 + w, kind="stable")
+    d = (e - st)[order]
+    ends = np.cumsum(d)
+    r = runs.build(w[order], ends - d, ends, cpus=8, wall=float(ends[-1]) / runs.S)
+    serial = next(f for f in _summary.stats(r)["findings"] if f["code"] == "serial")
+    assert "8 workers but tasks one at a time" in serial["advice"][0]
 
 
 def test_serial_names_the_callers_own_work():
     s = _summary.stats(runs.serial_driver())
     serial = next(f for f in s["findings"] if f["code"] == "serial")
-    assert "tasks ran during only 10% of the wall time" in serial["advice"][0]
+    assert "tasks ran during only 10% of the wall time (4.0 workers busy then)" in serial["advice"][0]
+    assert "one at a time" not in serial["advice"][0]
 
 
 def test_a_replaced_worker_is_not_idle():
@@ -207,6 +217,16 @@ def test_gil_names_the_gil():
     s = _summary.stats(runs.gil())
     serial = next(f for f in s["findings"] if f["code"] == "serial")
     assert "GIL" in serial["text"]
+    # graded by what the CPUs did, not by the overlapping task time
+    assert s["verdict"].startswith("poor (25% measured CPU on 4 CPUs): effectively serial")
+
+
+def test_a_launch_line_that_left_one_cpu():
+    s = _summary.stats(runs.launch_line())
+    serial = next(f for f in s["findings"] if f["code"] == "serial")
+    assert "1 CPU (CPU affinity) of the 8 SLURM gave this node" in serial["text"]
+    assert "--cpus-per-task" in serial["advice"][0]
+    assert "serial" not in codes(runs.healthy())
 
 
 def test_no_verdict_for_5_tasks():

@@ -234,6 +234,9 @@ def stats(run: Run, sched: Schedule | None = None) -> dict[str, Any]:
         "overhead_share": overhead_share,
         "latency_s": latency,
         "task_span_s": task_span / 1e9,
+        "task_busy_s": task_busy_ns / 1e9,
+        "node_cpus": _node_cpus(alloc),
+        "graded_by": "tasks",
         "tail_workers_busy": tail_busy,
         "tail_workers_active": tail_active,
         "samples": samples,
@@ -255,6 +258,21 @@ def stats(run: Run, sched: Schedule | None = None) -> dict[str, Any]:
     s["findings"] = findings
     s["verdict"], s["level"] = _verdict(s, findings)
     return s
+
+
+def _node_cpus(alloc: dict) -> int | None:
+    """The CPUs SLURM gave this node (SLURM_CPUS_ON_NODE, else the job's per-node count)."""
+    slurm = (alloc or {}).get("slurm") or {}
+    if not slurm.get("in_job"):
+        return None
+    if slurm.get("cpus_on_node"):
+        return int(slurm["cpus_on_node"])
+    per_node = slurm.get("job_cpus_per_node") or []
+    node = slurm.get("node_id") or 0
+    try:
+        return int(per_node[node]) if per_node else None
+    except (IndexError, TypeError, ValueError):
+        return None
 
 
 def _native(run: Run) -> dict[str, Any] | None:
@@ -339,23 +357,26 @@ def _findings(s: dict[str, Any]) -> list[dict[str, Any]]:
     measured = s["measured_cpu_s"]
     backends = s["backends"]
     serial = False
+    span = s["task_span_s"] / s["wall_s"] if s["wall_s"] else 1.0
+    in_span = s["task_busy_s"] / s["task_span_s"] if s["task_span_s"] else 0.0
     # on 2 CPUs, 1.25 busy is also two workers at 62%: only a clear 1 there
     if (cpus >= 3 and conc <= SERIAL_CONCURRENCY) or (cpus == 2 and conc <= 1.1):
         serial = True
         causes = []
-        span = s["task_span_s"] / s["wall_s"] if s["wall_s"] else 1.0
         if span < 0.5:
-            causes.append(f"tasks ran during only {_pct(span)} of the wall time: the rest is the "
-                          "caller's own serial work (loading, writing, between maps)")
+            causes.append(f"tasks ran during only {_pct(span)} of the wall time ({in_span:.1f} "
+                          "workers busy then): the rest is the caller's own serial work (loading, "
+                          "writing, between maps)")
         if s["workers_alive_max"] <= 1:
-            causes.append("a pool of 1 worker (Pool(1), or workers= read from a variable that was 1)")
-        else:
+            causes.append("a pool of 1 worker (Pool(1), SHOAL_WORKERS=1, or a pool sized where a "
+                          "launch line had left the process 1 CPU)")
+        elif in_span <= SERIAL_CONCURRENCY:
             causes.append(f"{s['workers_alive_max']} workers but tasks one at a time (submitted one "
                           "by one, each waited on before the next: result() inside the loop)")
-        causes.append("a launch line that gave the job 1 CPU (srun without --cpus-per-task, "
-                      "taskset, a container limit): check `shoal info` inside the job")
-        if "threads" in backends or not backends:
+        if "threads" in backends:
             causes.append("the GIL: CPU-bound Python on backend='threads' runs one thread at a time")
+        if not causes:
+            causes.append("few tasks for the workers: each waited on the caller")
         out.append(_finding(
             "serial", "bad",
             f"effectively serial: {conc:.2f} of {cpus} CPUs busy on average (about 1/{cpus} "
@@ -372,6 +393,16 @@ def _findings(s: dict[str, Any]) -> list[dict[str, Any]]:
             f"used {measured / s['wall_s']:.2f} CPUs: the GIL",
             "CPU-bound Python code needs backend='processes' (the default), or code that releases "
             "the GIL (numpy, numba nogil=True, shoal.parallel_for)"))
+        s["graded_by"] = "measured"
+    elif cpus == 1 and s["node_cpus"] and s["node_cpus"] > 1:
+        serial = True
+        out.append(_finding(
+            "serial", "bad",
+            f"effectively serial: the process had 1 CPU ({s['cpus_source']}) of the "
+            f"{s['node_cpus']} SLURM gave this node",
+            "a launch line that bound it to 1 CPU: srun without --cpus-per-task (or "
+            "SLURM_CPUS_PER_TASK unset), mpirun's per-core binding, taskset; check `shoal info` "
+            "inside the job"))
     if not serial:
         if eff < FAIR:
             out.append(_finding("low_efficiency", "bad",
@@ -516,8 +547,12 @@ def _verdict(s: dict[str, Any], findings: list[dict[str, Any]]) -> tuple[str, st
     """One line: the efficiency grade and the most severe finding."""
     if findings and findings[0]["code"] == "too_little_data":
         return findings[0]["text"][0].upper() + findings[0]["text"][1:], "note"
-    grade, level = _grade(s["efficiency"])
-    head = f"{grade} ({_pct(s['efficiency'])} CPU efficiency on {s['cpus']} CPUs)"
+    if s["graded_by"] == "measured":      # tasks overlapped, the CPUs did not: grade what they did
+        grade, level = _grade(s["measured_efficiency"])
+        head = f"{grade} ({_pct(s['measured_efficiency'])} measured CPU on {s['cpus']} CPUs)"
+    else:
+        grade, level = _grade(s["efficiency"])
+        head = f"{grade} ({_pct(s['efficiency'])} CPU efficiency on {s['cpus']} CPUs)"
     worst = [f for f in findings if f["level"] in ("bad", "warn")]
     if worst:
         level = "bad" if worst[0]["level"] == "bad" or level == "bad" else "warn"
