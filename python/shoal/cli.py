@@ -1,4 +1,4 @@
-"""The ``shoal`` command: ``shoal info``, ``shoal demo``, ``shoal report``, ``shoal scale``."""
+"""The ``shoal`` command: ``shoal info`` and ``shoal demo``."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
                             "the thread pools inside libraries; then warnings where a setting "
                             "wastes or oversubscribes the allocation.")
     p_info.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_report_parsers(sub)
 
     p_demo = sub.add_parser("demo", help="shoal's main job: the 2D integration on every backend",
                             description="The 2D integration of sin(x+y) over [0, pi]^2, serial "
@@ -36,14 +37,14 @@ def _parser() -> argparse.ArgumentParser:
                         help="workers per pool (default: shoal.default_workers())")
     p_demo.add_argument("--repeats", type=int, default=3,
                         help="rounds; each row's time is its median (default: 3)")
-    _add_report_parsers(sub)
-    sub.metavar = "{" + ",".join(sub.choices) + "}"
     return parser
 
 
 # ---------------------------------------------------------------- shoal report, shoal scale
 
 def _add_report_parsers(sub: argparse._SubParsersAction) -> None:
+    # the usage line lists every command, whichever were added before or after these
+    sub.metavar = None
     p_report = sub.add_parser("report", help="summary and verdict of a monitor file; HTML, PNG, trace",
                               description="The summary of a monitor file (shoal.monitor(...) or "
                               "'shoal run --monitor'): CPU efficiency, workers, tasks, memory, GPU, "
@@ -85,6 +86,8 @@ def _run_report(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command in ("report", "scale"):
+        return _run_report(args)
     if args.command == "info":
         from . import info
 
@@ -93,8 +96,6 @@ def _run(args: argparse.Namespace) -> int:
         from . import demo
 
         return demo.main(n=args.n, workers=args.workers, repeats=args.repeats)
-    if args.command in ("report", "scale"):
-        return _run_report(args)
     return 2
 
 
