@@ -11,35 +11,6 @@ import sys
 DESCRIPTION = "shoal: parallel computing for Python with a C++ engine."
 
 
-def _parser() -> argparse.ArgumentParser:
-    from . import __version__
-
-    parser = argparse.ArgumentParser(prog="shoal", description=DESCRIPTION,
-                                     epilog="'shoal COMMAND --help' describes each command.")
-    parser.add_argument("--version", action="version", version=f"shoal {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{info,demo}")
-
-    p_info = sub.add_parser("info", help="what this job was given: CPUs, topology, threads",
-                            description="What this job was really given: CPUs (each limit "
-                            "considered, and the one that decides), memory, hardware topology, "
-                            "the thread pools inside libraries; then warnings where a setting "
-                            "wastes or oversubscribes the allocation.")
-    p_info.add_argument("--json", action="store_true", help="machine-readable output")
-    _add_report_parsers(sub)
-
-    p_demo = sub.add_parser("demo", help="shoal's main job: the 2D integration on every backend",
-                            description="The 2D integration of sin(x+y) over [0, pi]^2, serial "
-                            "and on each of shoal's backends side by side: each row's integral, "
-                            "error, median time and speed-up over serial Python.")
-    p_demo.add_argument("--n", type=int, default=None,
-                        help="grid size (default: chosen so serial Python takes about 1 s)")
-    p_demo.add_argument("--workers", type=int, default=None,
-                        help="workers per pool (default: shoal.default_workers())")
-    p_demo.add_argument("--repeats", type=int, default=3,
-                        help="rounds; each row's time is its median (default: 3)")
-    return parser
-
-
 # ---------------------------------------------------------------- shoal report, shoal scale
 
 def _add_report_parsers(sub: argparse._SubParsersAction) -> None:
@@ -83,6 +54,35 @@ def _run_report(args: argparse.Namespace) -> int:
         return _report.report_main(args.file, html=args.html, png=args.png, trace=args.trace, color=color)
     return _report.scale_main(args.script, args.args, workers=args.workers, repeats=args.repeats,
                               png=args.png, oversubscribe=args.oversubscribe)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="shoal", description=DESCRIPTION,
+                                     epilog="'shoal COMMAND --help' describes each command.")
+    parser.add_argument("--version", action="version", version=f"shoal {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{info,demo}")
+
+    p_info = sub.add_parser("info", help="what this job was given: CPUs, topology, threads",
+                            description="What this job was really given: CPUs (each limit "
+                            "considered, and the one that decides), memory, hardware topology, "
+                            "the thread pools inside libraries; then warnings where a setting "
+                            "wastes or oversubscribes the allocation.")
+    p_info.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_report_parsers(sub)
+
+    p_demo = sub.add_parser("demo", help="shoal's main job: the 2D integration on every backend",
+                            description="The 2D integration of sin(x+y) over [0, pi]^2, serial "
+                            "and on each of shoal's backends side by side: each row's integral, "
+                            "error, median time and speed-up over serial Python.")
+    p_demo.add_argument("--n", type=int, default=None,
+                        help="grid size (default: chosen so serial Python takes about 1 s)")
+    p_demo.add_argument("--workers", type=int, default=None,
+                        help="workers per pool (default: shoal.default_workers())")
+    p_demo.add_argument("--repeats", type=int, default=3,
+                        help="rounds; each row's time is its median (default: 3)")
+    return parser
 
 
 def _run(args: argparse.Namespace) -> int:
