@@ -137,7 +137,8 @@ def healthy(workers: int = 4, tasks: int = 400, task_s: float = 0.02, **kw) -> R
     """Every worker busy the whole run, tasks of 20 ms, 4 CPUs, 2 s: nothing to say."""
     per = [[task_s] * (tasks // workers)] * workers
     w, s, e = back_to_back(per)
-    kw.setdefault("memory", (int(0.8 * 4 * GiB), 4 * GiB))
+    if "memory" not in kw:
+        kw["memory"] = (int(0.8 * 4 * GiB), 4 * GiB)
     return build(w, s, e, cpus=workers, wall=float(e.max()) / S, **kw)
 
 

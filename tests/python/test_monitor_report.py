@@ -115,6 +115,13 @@ def test_summary_notes_dropped_records_and_a_truncated_file():
     assert "truncated: the file ends inside a chunk" in text
 
 
+def test_memory_of_thread_workers_counts_the_process_once():
+    run = runs.healthy(memory=None)
+    assert _summary.stats(run)["memory_peak"] == 4 * (100 << 20)        # 4 processes of 100 MiB
+    run.workers["pid"] = 0                                              # 4 threads of the driver
+    assert _summary.stats(run)["memory_peak"] == 100 << 20
+
+
 def test_summary_of_an_empty_run():
     r = Run(meta={"cpus_given": 4, "end_ns": 10**9})
     s = _summary.stats(r)

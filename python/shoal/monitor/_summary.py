@@ -100,9 +100,16 @@ def _memory(run: Run) -> tuple[int, str]:
         return int(ss["mem_current"].max()), "largest cgroup memory.current sampled"
     ws = run.worker_samples
     if len(ws):
-        times, which = np.unique(ws["t"], return_inverse=True)
-        total = np.bincount(which, weights=ws["rss"].astype(float))
-        return int(total.max()), "largest sum of the workers' RSS sampled"
+        # one RSS per process: thread workers all report the driver's
+        w = ws["worker"].astype(np.int64)
+        pid_of = -1 - np.arange(int(w.max()) + 1, dtype=np.int64)    # unknown: a process of its own
+        known = run.workers[run.workers["worker"] <= w.max()]
+        pid_of[known["worker"]] = known["pid"]
+        keys = np.rec.fromarrays([ws["t"], pid_of[w]], names="t,pid")
+        _, first = np.unique(keys, return_index=True)
+        times, which = np.unique(ws["t"][first], return_inverse=True)
+        total = np.bincount(which, weights=ws["rss"][first].astype(float))
+        return int(total.max()), "largest sum of the worker processes' RSS sampled"
     return 0, "not sampled"
 
 
