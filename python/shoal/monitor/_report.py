@@ -68,7 +68,10 @@ def report_main(path: str, html: str | None = None, png: str | None = None, trac
         print(f"shoal report: {path}: no such file", file=err)
         return 2
     except (file_error, OSError, ValueError) as e:
-        print(f"shoal report: {path} is not a readable shoal monitor file: {e}", file=err)
+        why = str(e)
+        if why.startswith(f"{path}: "):      # the reader named the file already
+            why = why[len(path) + 2:]
+        print(f"shoal report: {path} is not a readable shoal monitor file: {why}", file=err)
         return 2
     from ._summary import summary
 
