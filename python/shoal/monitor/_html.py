@@ -293,7 +293,8 @@ def render(run: Run, s: dict[str, Any] | None = None, sched: _analysis.Schedule 
                         "</span>cores busy<span style='background:#ef6c00'></span>runnable threads (node-wide)"
                         "<span style='background:#c62828'></span>CPUs given</span></div><canvas id='cpu'></canvas>")
     if data["series"].get("memory"):
-        sections.append("<h2>Memory over time</h2><div class='note'>cgroup memory.current, GiB; dashed: the limit"
+        limit = "; dashed: the limit" if data["series"].get("memory_limit") else "; no memory limit known"
+        sections.append(f"<h2>Memory over time</h2><div class='note'>cgroup memory.current, GiB{limit}"
                         "</div><canvas id='mem'></canvas>")
     if data["series"].get("gpu_util"):
         sections.append("<h2>GPU utilisation</h2><canvas id='gpu'></canvas>")
