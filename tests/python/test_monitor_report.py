@@ -319,6 +319,21 @@ def test_html_is_self_contained_and_small(tmp_path, million):
     assert len(data["timeline"]["values"]) == data["timeline"]["bins"] * data["timeline"]["rows"]
 
 
+def test_html_stays_small_with_many_workers_and_cores():
+    # 512 workers x 600 random tasks, 256 cores sampled 6000 times (10 min at 10 Hz)
+    rng = np.random.default_rng(1)
+    d = rng.lognormal(np.log(1e6), 0.5, (512, 600)).astype(np.int64) + 1
+    ends = np.cumsum(d, axis=1)
+    run = runs.build(np.repeat(np.arange(512), 600), (ends - d).reshape(-1), ends.reshape(-1), cpus=512,
+                     samples=False)
+    run.core_t = np.arange(6000, dtype=np.int64) * 100_000_000
+    run.core_busy = rng.random((6000, 256)).astype(np.float32)
+    run.core_ids = list(range(256))
+    page = _html.render(run)
+    assert len(page.encode()) < 2 * 1024 * 1024
+    assert '"mode":"binned"' in page
+
+
 def test_html_draws_each_task_below_the_threshold(tmp_path):
     run = runs.tiny_tasks()                        # 20 000 tasks
     page = _html.render(run)

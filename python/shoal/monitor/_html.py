@@ -29,7 +29,7 @@ from ._summary import stats as _stats, summary as _summary_text
 
 RAW_TASKS = 100_000        # the timeline draws single tasks up to this many
 QUANT = 1_000_000          # raw task times: steps of wall / QUANT
-MAX_CELLS = 200_000        # per heatmap: rows x bins at most
+MAX_CELLS = 150_000        # per heatmap: rows x bins at most
 MAX_BINS = 1000
 RAW_BUDGET = 1_400_000     # bytes of raw timeline JSON before falling back to bins
 
