@@ -9,7 +9,8 @@
                                        attempt, args task/fn/outcome/bytes_in/bytes_out
 
 Times are microseconds since the monitor's start (the file's start_ns); task
-slices are on a 100 ns grid.
+slices are on a 100 ns grid, 1 us beyond 250k slices (gzip pays for every
+random digit: 1 M tasks make 11.5-17 MB, by how much their byte counts vary).
 Slices on one worker never partially overlap: they are sorted, and a start
 that clock noise put before the previous slice's end is moved to that end
 (``args.clamped_ns`` says by how much). The JSON is streamed into gzip in
@@ -33,7 +34,9 @@ SYSTEM_PID, CORES_PID, NATIVE_PID, WORKERS_PID = 1, 2, 3, 10
 MAX_CORE_EVENTS = 400_000   # per-core counters are binned in time beyond this
 MAX_SERIES_EVENTS = 20_000  # per system counter
 CHUNK = 50_000
-TICK_NS = 100             # task slices: times on a 100 ns grid
+TICK_NS = 100             # task slices: times on a 100 ns grid ...
+COARSE_TICK_NS = 1000     # ... or on a 1 us grid beyond COARSE_TASKS slices
+COARSE_TASKS = 250_000
 
 
 def _clamped_starts(sched: _analysis.Schedule) -> np.ndarray:
@@ -126,12 +129,14 @@ def _write_tasks(out: IO[bytes], run: Run, sched: _analysis.Schedule, rank: np.n
     n = len(sched.worker)
     if n == 0:
         return
-    # on a 100 ns grid: enough for any viewer, and 4 fewer random digits an
-    # event for gzip; rounding both ends keeps the clamped slices in order
+    # on a 100 ns grid (1 us beyond 250k slices): enough for any viewer, and
+    # fewer random digits an event for gzip; rounding both ends keeps the
+    # clamped slices in order
     start_ns = _clamped_starts(sched)
     clamped = start_ns - sched.start
-    start = np.round(start_ns / TICK_NS).astype(np.int64)
-    end = np.maximum(np.round(sched.end / TICK_NS).astype(np.int64), start)
+    tick = TICK_NS if n <= COARSE_TASKS else COARSE_TICK_NS
+    start = np.round(start_ns / tick).astype(np.int64)
+    end = np.maximum(np.round(sched.end / tick).astype(np.int64), start)
     idx = sched.index
     t = run.tasks
     fns = [json.dumps(str(f)) for f in run.functions]
@@ -154,8 +159,8 @@ def _write_tasks(out: IO[bytes], run: Run, sched: _analysis.Schedule, rank: np.n
                  for a, c in zip(np.take(attempt, rows).tolist(), clamped[lo:hi].tolist())]
         cols = (
             names,
-            _us(start[lo:hi]),
-            _us(end[lo:hi] - start[lo:hi]),
+            _us(start[lo:hi], tick),
+            _us(end[lo:hi] - start[lo:hi], tick),
             (WORKERS_PID + rank[w]).tolist(),
             (w + 1).tolist(),
             np.take(task_id, rows).tolist(),
@@ -168,8 +173,10 @@ def _write_tasks(out: IO[bytes], run: Run, sched: _analysis.Schedule, rank: np.n
         out.write("".join([fmt % row for row in zip(*cols)]).encode())
 
 
-def _us(ticks: np.ndarray) -> list[str]:
-    """Ticks of 100 ns as microseconds with one decimal, written exactly."""
+def _us(ticks: np.ndarray, tick: int = TICK_NS) -> list[str]:
+    """Ticks of 100 ns (one decimal) or 1 us (none) as microseconds, written exactly."""
+    if tick == 1000:
+        return [str(x) for x in ticks.tolist()]
     whole, tenth = np.divmod(ticks, 10)
     return [f"{a}.{b}" if b else str(a) for a, b in zip(whole.tolist(), tenth.tolist())]
 
