@@ -28,6 +28,8 @@ def _add_report_parsers(sub: argparse._SubParsersAction) -> None:
                           help="write a gzipped Trace Event JSON (run.json.gz) for ui.perfetto.dev")
     p_report.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                           help="colour the summary (default: on a terminal)")
+    p_report.add_argument("--json", action="store_true",
+                          help="print the figures and findings as JSON instead of the summary")
 
     p_scale = sub.add_parser("scale", help="time a script at several worker counts: speedup, Amdahl fit",
                              description="Runs 'python SCRIPT ARGS' in a fresh process at each worker "
@@ -51,7 +53,8 @@ def _run_report(args: argparse.Namespace) -> int:
 
     if args.command == "report":
         color = {"auto": None, "always": True, "never": False}[args.color]
-        return _report.report_main(args.file, html=args.html, png=args.png, trace=args.trace, color=color)
+        return _report.report_main(args.file, html=args.html, png=args.png, trace=args.trace, color=color,
+                                   as_json=args.json)
     return _report.scale_main(args.script, args.args, workers=args.workers, repeats=args.repeats,
                               png=args.png, oversubscribe=args.oversubscribe)
 

@@ -486,6 +486,11 @@ def test_trace_clamps_overlapping_records(tmp_path):
 def test_trace_of_failures_and_ranks(tmp_path):
     run = runs.with_failures()
     run.workers["rank"] = [0, 0, 1, 1]
+    s = _summary.stats(run)
+    assert [(r["rank"], r["workers"]) for r in s["ranks"]] == [(0, 2), (1, 2)]
+    assert s["ranks"][1]["busy_core_s"] == pytest.approx(4.0)
+    assert "rank 1: 2 workers, 4 busy core-s" in _summary.summary(run, color=False)
+    assert _summary.stats(runs.healthy())["ranks"] == []
     path = str(tmp_path / "f.json.gz")
     _trace.write_trace(run, path)
     doc = _load_trace(path)
@@ -551,6 +556,9 @@ def test_report_with_a_stand_in_reader(tmp_path, monkeypatch, capsys):
     assert "Verdict: poor (44% CPU efficiency on 4 CPUs): imbalance" in out
     assert f"wrote {html}, {png}, {trace}" in out
     assert all(os.path.getsize(p) > 1000 for p in (html, png, trace))
+    assert cli.main(["report", "run.shoal", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["level"] == "bad" and [f["code"] for f in doc["findings"]] == ["low_efficiency", "imbalance"]
     assert cli.main(["report", "garbage.shoal"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == ("shoal report: garbage.shoal is not a readable shoal monitor file: "

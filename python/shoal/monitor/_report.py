@@ -50,9 +50,10 @@ def write_reports(run, html: str | None = None, png: str | None = None,
 
 
 def report_main(path: str, html: str | None = None, png: str | None = None, trace: str | None = None,
-                color: bool | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """``shoal report``: the summary of ``path``, and the files asked for. 2
-    for a file that cannot be read as a monitor file."""
+                color: bool | None = None, as_json: bool = False, out: TextIO | None = None,
+                err: TextIO | None = None) -> int:
+    """``shoal report``: the summary of ``path`` (or stats() as JSON), and
+    the files asked for. 2 for a file that cannot be read as a monitor file."""
     out = out or sys.stdout
     err = err or sys.stderr
     from .. import monitor
@@ -76,8 +77,13 @@ def report_main(path: str, html: str | None = None, png: str | None = None, trac
     from ._summary import summary
 
     s = write_reports(run, html, png, trace)
-    print(summary(run, color=color, s=s), file=out)
     written = [p for p in (html, png, trace) if p]
+    if as_json:
+        import json
+
+        print(json.dumps({**s, "written": written}, indent=2), file=out)
+        return 0
+    print(summary(run, color=color, s=s), file=out)
     if written:
         print("\nwrote " + ", ".join(written), file=out)
     return 0

@@ -224,6 +224,7 @@ def stats(run: Run, sched: Schedule | None = None) -> dict[str, Any]:
         "cpus_source": sched.cpus_source,
         "workers": nw,
         "workers_alive_max": _max_alive_workers(run, nw),
+        "ranks": _ranks(run, busy_w, nw),
         "busy_core_s": busy_ns / 1e9,
         "busy_source": busy_source,
         "efficiency": efficiency,
@@ -265,6 +266,22 @@ def stats(run: Run, sched: Schedule | None = None) -> dict[str, Any]:
     s["findings"] = findings
     s["verdict"], s["level"] = _verdict(s, findings)
     return s
+
+
+def _ranks(run: Run, busy_w: np.ndarray, nw: int) -> list[dict[str, Any]]:
+    """Per MPI rank (from the workers table): workers and busy core-seconds;
+    empty off MPI (one rank)."""
+    w = run.workers
+    if len(w) == 0 or len(np.unique(w["rank"])) < 2:
+        return []
+    rank_of = np.zeros(nw, np.int64)
+    keep = w["worker"] < nw
+    rank_of[w["worker"][keep]] = w["rank"][keep]
+    out = []
+    for r in np.unique(rank_of).tolist():
+        mine = rank_of == r
+        out.append({"rank": int(r), "workers": int(mine.sum()), "busy_core_s": float(busy_w[mine].sum()) / 1e9})
+    return out
 
 
 def _node_cpus(alloc: dict) -> int | None:
@@ -661,6 +678,9 @@ def summary(run: Run, color: bool | None = None, s: dict[str, Any] | None = None
             row("workers", f"{len(arr)}, busy share min {_pct(arr.min())}, median "
                 f"{_pct(float(np.median(arr)))}, max {_pct(arr.max())}; "
                 f"{int((arr < IDLE_WORKER).sum())} under {_pct(IDLE_WORKER)}")
+    if s["ranks"]:
+        row("MPI ranks", ", ".join(f"rank {r['rank']}: {r['workers']} workers, {r['busy_core_s']:.4g} busy core-s"
+                                   for r in s["ranks"][:8]) + (", ..." if len(s["ranks"]) > 8 else ""))
     outcomes = ", ".join(f"{k} {v:,}" for k, v in s["outcomes"].items())
     row("tasks", f"{s['tasks']:,}" + (f" ({s['attempts']:,} attempt records: {outcomes})" if outcomes else ""))
     d = s["duration_s"]
