@@ -26,7 +26,7 @@ $(VENV)/.deps-stamp: pyproject.toml | system-deps
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "scikit-build-core>=0.10" "nanobind>=2.0" \
 	    numpy cloudpickle threadpoolctl psutil tqdm \
-	    pytest pytest-timeout numba joblib pandas mpi4py ipykernel jupyter_client
+	    pytest pytest-timeout numba joblib pandas mpi4py ipykernel jupyter_client matplotlib
 	touch $@
 
 venv: system-deps $(VENV)/.deps-stamp
