@@ -127,8 +127,11 @@ ROWS.append(("native: cfunc + parallel_reduce", native_kernel))
 ROWS.append(("threads backend (GIL-bound, ~1x)", threads_backend))
 
 
-def main(n: int | None = None, workers: int | None = None, repeats: int = 3) -> int:
-    import statistics
+def main(n: int | None = None, workers: int | None = None, repeats: int = 3,
+         report: str | None = "shoal-demo") -> int:
+    """The demo; with ``report`` (a path prefix), under the job monitor: its
+    summary at the end, and report.shoal / .html / .png written."""
+    import contextlib
 
     from . import info
     from .allocation import default_workers
@@ -154,6 +157,24 @@ def main(n: int | None = None, workers: int | None = None, repeats: int = 3) -> 
             failed[label] = exc
     times: dict = {label: [] for label, _ in live}
     values: dict = {}
+    mon = None
+    if report:
+        try:
+            from . import monitor
+
+            mon = monitor(report + ".shoal")
+        except Exception as exc:  # noqa: BLE001 - the demo runs without its monitor
+            print(f"(the demo runs without the job monitor: {type(exc).__name__}: {exc})")
+    with mon if mon is not None else contextlib.nullcontext():
+        _rounds(live, failed, times, values, n, workers, repeats)
+    _table(failed, times, values)
+    if mon is not None:
+        _report(mon, report)
+    return 0
+
+
+def _rounds(live: list, failed: dict, times: dict, values: dict, n: int, workers: int,
+            repeats: int) -> None:
     # The threads left behind by the native kernel's C++ pool (idle) and by
     # the threads backend (joined) do not stop a process pool started next
     # from forking its workers (python/shoal/_backend_processes.py: _can_fork).
@@ -168,6 +189,11 @@ def main(n: int | None = None, workers: int | None = None, repeats: int = 3) -> 
                 times[label].append(time.perf_counter() - t0)
             except Exception as exc:  # noqa: BLE001
                 failed[label] = exc
+
+
+def _table(failed: dict, times: dict, values: dict) -> None:
+    import statistics
+
     print(f"{'method':<34} {'integral':>14} {'error':>10} {'time [s]':>9} {'speedup':>8}")
     base = None
     for label, _ in ROWS:
@@ -179,4 +205,23 @@ def main(n: int | None = None, workers: int | None = None, repeats: int = 3) -> 
         value = values[label]
         base = base or dt
         print(f"{label:<34} {value:>14.6e} {abs(value):>10.2e} {dt:>9.3f} {base / dt:>7.2f}x")
-    return 0
+
+
+def _report(mon, prefix: str) -> None:
+    """The monitor's view of the demo: its summary, and the HTML and PNG
+    reports (the demo goes on without them if they cannot be made)."""
+    print("\nThe job monitor on this demo (every row above, all rounds):\n")
+    try:
+        print(mon.summary())
+        from .monitor._report import write_reports
+
+        run = mon.run()
+        write_reports(run, html=prefix + ".html", png=prefix + ".png")
+    except Exception as exc:  # noqa: BLE001 - the demo's figures stand without it
+        print(f"(no monitor report: {type(exc).__name__}: {exc})")
+        return
+    import os
+
+    print(f"\nrecorded: {os.path.abspath(prefix + '.shoal')}; reports: "
+          f"{os.path.abspath(prefix + '.html')}, {os.path.abspath(prefix + '.png')} "
+          f"(shoal report {prefix}.shoal --trace {prefix}.json.gz for Perfetto)")
