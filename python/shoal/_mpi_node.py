@@ -14,7 +14,8 @@ serve its rings (the data flow: shoal/_mpi_transport.py).
           supervisor's pidfds: slot, code, signal, the task it ran)
         waits: spins 2 ms after the last activity, then sleeps on the rings'
           doorbell (a result or a death wakes it at once; the root's
-          messages are polled every 1 ms, every 10 ms after 0.1 s idle)
+          messages are polled every 1 ms, every 10 ms after 0.1 s idle, 20 ms
+          after 1 s)
 
     the node's other ranks: shoal._worker.Worker on ring j of the leader's
       PoolChannel (its memfd through /proc/<leader>/fd), as a worker process
@@ -331,7 +332,7 @@ class Leader:
                 continue
             # Sleep on the rings' doorbell: a result or a death ends it at once.
             chan.wait_driver(chan.doorbell(), sleep, 0.0)
-            sleep = min(sleep * 2, _t.MAX_SLEEP_S if idle < _t.IDLE_S else _t.IDLE_SLEEP_S)
+            sleep = min(sleep * 2, _t.longest_sleep(idle))
 
     def close(self) -> None:
         """The job's end: every worker leaves (rank workers return to their

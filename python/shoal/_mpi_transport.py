@@ -102,6 +102,16 @@ SPIN_S = float(os.environ.get("SHOAL_MPI_SPIN_US", "2000")) * 1e-6
 MAX_SLEEP_S = 0.001
 #: ... and, idle for more than IDLE_S, its longest sleep then
 IDLE_S, IDLE_SLEEP_S = 0.1, 0.01
+#: ... and, idle for more than LONG_IDLE_S (tasks of a second or more, or
+#: none), its longest sleep then: at most 2% on a result's latency
+LONG_IDLE_S, LONG_IDLE_SLEEP_S = 1.0, 0.02
+
+
+def longest_sleep(idle: float) -> float:
+    """How long a waiting engine may sleep, idle for ``idle`` seconds."""
+    if idle < IDLE_S:
+        return MAX_SLEEP_S
+    return IDLE_SLEEP_S if idle < LONG_IDLE_S else LONG_IDLE_SLEEP_S
 
 LAUNCH_HINT = ("start the script with an MPI launcher, e.g.\n"
                "    mpirun -n 3 python -m shoal.mpi script.py      (3 ranks: the script on rank 0, "
@@ -594,7 +604,7 @@ class RootChannel:
                 self.wake.wait(sleep)
             self.asleep = False
             self.wake.clear()
-            sleep = min(sleep * 2, MAX_SLEEP_S if idle < IDLE_S else IDLE_SLEEP_S)
+            sleep = min(sleep * 2, longest_sleep(idle))
 
 
 def _release_segment(seg) -> None:
