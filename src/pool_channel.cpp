@@ -1,5 +1,10 @@
 #include "shoal/pool_channel.hpp"
 
+#include "shoal/detail/futex.hpp"
+#include "shoal/event_ring.hpp"
+#include "shoal/frame.hpp"
+#include "shoal/shm_segment.hpp"
+
 #include <sched.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -94,7 +99,8 @@ PoolChannel::PoolChannel(PoolChannel&& o) noexcept
     : fd_(std::exchange(o.fd_, -1)),
       base_(std::exchange(o.base_, nullptr)),
       size_(std::exchange(o.size_, 0)),
-      header_(std::exchange(o.header_, nullptr)) {}
+      header_(std::exchange(o.header_, nullptr)),
+      monitor_(std::move(o.monitor_)) {}
 
 PoolChannel& PoolChannel::operator=(PoolChannel&& o) noexcept {
   if (this != &o) {
@@ -103,6 +109,7 @@ PoolChannel& PoolChannel::operator=(PoolChannel&& o) noexcept {
     base_ = std::exchange(o.base_, nullptr);
     size_ = std::exchange(o.size_, 0);
     header_ = std::exchange(o.header_, nullptr);
+    monitor_ = std::move(o.monitor_);
   }
   return *this;
 }
@@ -165,6 +172,47 @@ void PoolChannel::set_current(std::size_t i, std::uint64_t task_id) {
   }
   s.started_ns.store(now, std::memory_order_relaxed);
   s.current_task.store(task_id, std::memory_order_release);
+}
+
+struct MonitorAttachment {
+  SharedSegment segment;
+  EventRings rings;
+  std::uint16_t pool = 0;
+  std::uint32_t pid = 0;
+};
+
+void PoolChannel::attach_monitor(const std::string& segment, std::uint16_t pool,
+                                 std::size_t slot_index) {
+  auto seg = SharedSegment::attach(segment);
+  EventRings rings = EventRings::attach(seg.data(), seg.size());
+  const auto pid = static_cast<std::uint32_t>(::getpid());
+  rings.set_producer(slot_index, pid);
+  monitor_ = std::make_shared<MonitorAttachment>(MonitorAttachment{std::move(seg), rings, pool, pid});
+}
+
+void PoolChannel::record_result(std::size_t i, std::uint64_t task_id, std::uint32_t kind,
+                                std::size_t bytes) const noexcept {
+  if (task_id == 0 || (kind != static_cast<std::uint32_t>(FrameKind::Result) &&
+                       kind != static_cast<std::uint32_t>(FrameKind::Failure)))
+    return;
+  const WorkerSlot& s = *reinterpret_cast<const WorkerSlot*>(
+      static_cast<unsigned char*>(base_) + round_up(sizeof(ChannelHeader), page) +
+      i * header_->slot_bytes);
+  const auto now = static_cast<std::int64_t>(detail::monotonic_ns());
+  TaskEvent ev;
+  ev.task = task_id;
+  // A task that failed before it started (its arguments could not be
+  // loaded) was never current: it took no time.
+  ev.start = s.current_task.load(std::memory_order_relaxed) == task_id
+                 ? static_cast<std::int64_t>(s.started_ns.load(std::memory_order_relaxed))
+                 : now;
+  ev.end = now;
+  ev.bytes_out = bytes;
+  ev.pid = monitor_->pid;
+  ev.pool = monitor_->pool;
+  ev.slot = static_cast<std::uint16_t>(i);
+  ev.outcome = kind == static_cast<std::uint32_t>(FrameKind::Result) ? 0 : 1;
+  monitor_->rings.record(i, ev);
 }
 
 long PoolChannel::pick_slot(std::uint64_t max_queued, std::uint64_t max_task_ns) const noexcept {

@@ -23,6 +23,8 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
+#include <string>
 
 #include "shoal/task_ring.hpp"
 
@@ -63,6 +65,9 @@ struct WorkerSlot {
   RingControl task_ctl;    // driver -> worker
   RingControl result_ctl;  // worker -> driver
 };
+
+// The monitor's rings as a worker maps them (pool_channel.cpp).
+struct MonitorAttachment;
 
 class PoolChannel {
  public:
@@ -127,6 +132,19 @@ class PoolChannel {
   // Empties slot i's rings and bookkeeping for a replacement worker.
   void reset_slot(std::size_t i);
 
+  // ---- monitor, worker side (shoal/event_ring.hpp) ----
+  // From now on, every task this process ends on a slot is recorded in ring
+  // `slot` of the event region in shared segment `segment`, as pool `pool`.
+  // Called once, from the worker's first Control frame, when the driver
+  // runs a monitor; never otherwise (then note_result is one null check).
+  void attach_monitor(const std::string& segment, std::uint16_t pool, std::size_t slot);
+  // Slot i's worker pushed a Result or Failure frame of `bytes` bytes for
+  // task_id: records start (set_current's), end (now), bytes and outcome.
+  void note_result(std::size_t i, std::uint64_t task_id, std::uint32_t kind,
+                   std::size_t bytes) const noexcept {
+    if (monitor_ != nullptr) record_result(i, task_id, kind, bytes);
+  }
+
   bool is_shutdown() const noexcept { return header_->shutdown.load(std::memory_order_acquire) != 0; }
   // The shutdown word itself, for waits that must end when it is set.
   const std::atomic<std::uint32_t>* shutdown_flag() const noexcept { return &header_->shutdown; }
@@ -139,6 +157,10 @@ class PoolChannel {
   void* base_ = nullptr;
   std::size_t size_ = 0;
   ChannelHeader* header_ = nullptr;
+  void record_result(std::size_t i, std::uint64_t task_id, std::uint32_t kind,
+                     std::size_t bytes) const noexcept;
+  // The monitor's ring region, mapped in this worker (null: no monitor).
+  std::shared_ptr<MonitorAttachment> monitor_;
 };
 
 }  // namespace shoal
