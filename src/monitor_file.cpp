@@ -175,7 +175,10 @@ ParsedMonitorFile parse_monitor_file(std::string_view bytes) {
     const std::uint32_t crc_want = get_u32(h + 16);
     const std::string where = "chunk at byte " + std::to_string(at);
     if (stored > monitor_max_chunk || raw > monitor_max_chunk || codec > 1 ||
-        (codec == 0 && stored != raw))
+        (codec == 0 && stored != raw) ||
+        // deflate never packs more than 1032:1; a larger claim is damage (and
+        // must not make the reader allocate it)
+        (codec == 1 && raw > std::uint64_t{stored} * 1032 + 64))
       throw MonitorFileError("damaged shoal monitor file: impossible " + where);
     if (left - monitor_chunk_header_bytes < stored) {
       out.truncated = "the file is cut inside its last chunk (at byte " + std::to_string(at) +

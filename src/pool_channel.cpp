@@ -164,8 +164,12 @@ bool PoolChannel::any_result() const noexcept {
 
 void PoolChannel::set_current(std::size_t i, std::uint64_t task_id) {
   WorkerSlot& s = slot(i);
+  const std::uint64_t running = s.current_task.load(std::memory_order_relaxed);
+  // The running task marked again (Worker.run_batch hands a non-scalar result
+  // to run_one, which marks it): it keeps its start time.
+  if (task_id != 0 && task_id == running) return;
   const std::uint64_t now = detail::monotonic_ns();
-  if (s.current_task.load(std::memory_order_relaxed) != 0) {
+  if (running != 0) {
     const std::uint64_t took = now - s.started_ns.load(std::memory_order_relaxed);
     const std::uint64_t avg = s.task_ns.load(std::memory_order_relaxed);
     s.task_ns.store(avg == 0 ? took : avg - avg / 8 + took / 8, std::memory_order_relaxed);

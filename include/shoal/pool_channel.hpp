@@ -110,7 +110,8 @@ class PoolChannel {
   // Returns whether something happened (false: timeout).
   bool wait_driver(std::uint32_t seen, std::int64_t timeout_ns, std::int64_t spin_ns) noexcept;
   // Worker side: slot i's worker starts task_id (0: it finished its task and
-  // runs none). Records the start time and the task time average.
+  // runs none). Records the start time and the task time average; marking
+  // the task that is already current again changes nothing.
   void set_current(std::size_t i, std::uint64_t task_id);
   // Where the driver puts a short task. A worker of short tasks that is
   // awake (running or spinning, not asleep on its futex) takes it, rather

@@ -261,6 +261,13 @@ class Worker:
             _use_authkey(msg["authkey"])
         if msg.get("cancel"):
             self.cancel_mark = _open_cancel_mark(msg["cancel"])
+        if msg.get("monitor"):
+            # From now on push_result records each task in C++ (PoolChannel::
+            # note_result): nothing changes on this loop's Python path.
+            try:
+                self.chan.attach_monitor(msg["monitor"][0], msg["monitor"][1], self.slot)
+            except Exception:  # noqa: BLE001 - the monitor never fails a job
+                pass
         if msg.get("init") is not None:
             try:
                 initializer, initargs = self.serialize.loads(msg["init"])

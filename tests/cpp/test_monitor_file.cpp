@@ -1,0 +1,109 @@
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "shoal/monitor_file.hpp"
+#include "shoal/sampler.hpp"
+
+using namespace shoal;
+
+namespace {
+std::string temp_path(const char* name) {
+  return std::string(::testing::TempDir()) + "/" + name + "." + std::to_string(::getpid());
+}
+std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+}  // namespace
+
+TEST(MonitorFile, ShuffleRoundTrips) {
+  std::string s;
+  for (int i = 0; i < 48 * 7; ++i) s.push_back(static_cast<char>(i * 31));
+  EXPECT_EQ(unshuffle_records(shuffle_records(s, 48), 48), s);
+  EXPECT_EQ(shuffle_records(s, 0), s);
+}
+
+TEST(MonitorFile, ChunksRoundTrip) {
+  const std::string path = temp_path("chunks");
+  {
+    MonitorWriter w(path);
+    EXPECT_TRUE(w.append(ChunkType::meta, "{\"a\": 1}", 8));
+    std::vector<TaskEvent> ev(1000);
+    for (std::size_t i = 0; i < ev.size(); ++i) {
+      ev[i].task = i;
+      ev[i].start = static_cast<std::int64_t>(i * 1000);
+    }
+    EXPECT_TRUE(w.append(ChunkType::task_events, ev.data(), ev.size() * sizeof(TaskEvent),
+                         sizeof(TaskEvent)));
+    EXPECT_TRUE(w.append(ChunkType::end, "{}", 2));
+  }
+  const std::string bytes = slurp(path);
+  ParsedMonitorFile f = parse_monitor_file(bytes);
+  ASSERT_EQ(f.chunks.size(), 3u);
+  EXPECT_EQ(f.truncated, "");
+  EXPECT_EQ(f.chunks[0].data, "{\"a\": 1}");
+  ASSERT_EQ(f.chunks[1].data.size(), 1000 * sizeof(TaskEvent));
+  const auto* back = reinterpret_cast<const TaskEvent*>(f.chunks[1].data.data());
+  EXPECT_EQ(back[999].task, 999u);
+  EXPECT_EQ(back[999].start, 999000);
+  // Compressed well below the 48 bytes of a record.
+  EXPECT_LT(bytes.size(), 1000 * sizeof(TaskEvent) / 3);
+
+  // Every cut inside the last chunk is a truncated tail, not an error.
+  for (std::size_t cut = 1; cut < monitor_chunk_header_bytes + 2; ++cut) {  // the end chunk: 22 bytes
+    ParsedMonitorFile t = parse_monitor_file(std::string_view(bytes).substr(0, bytes.size() - cut));
+    EXPECT_EQ(t.chunks.size(), 2u);
+    EXPECT_NE(t.truncated, "");
+  }
+  // A flipped byte in a middle chunk is damage.
+  std::string bad = bytes;
+  bad[monitor_header_bytes + monitor_chunk_header_bytes + 2] ^= 0x40;
+  EXPECT_THROW(parse_monitor_file(bad), MonitorFileError);
+  EXPECT_THROW(parse_monitor_file("GIF89a......................"), MonitorFileError);
+  EXPECT_THROW(parse_monitor_file(""), MonitorFileError);
+  std::remove(path.c_str());
+}
+
+TEST(MonitorFile, UnwritablePathThrowsSystemError) {
+  EXPECT_THROW(MonitorWriter("/nonexistent-dir/x.shoal"), std::exception);
+}
+
+TEST(Sampler, DrainsRingsAndDriverEventsIntoTheFile) {
+  const std::string path = temp_path("sampler");
+  {
+    Sampler s(Sampler::Options{path, 100.0, {0}, 64});
+    s.add_rings(3, 2, false);
+    RingWriter w = s.thread_writer(3, 1);
+    s.start();
+    for (int i = 1; i <= 100; ++i) {
+      DriverEvent d;
+      d.kind = driver_submit;
+      d.task = static_cast<std::uint64_t>(i);
+      s.driver_event(d);
+      w.record(static_cast<std::uint64_t>(i), 5, 10, 0);
+    }
+    s.watch(3, 1, 0, ::gettid());
+    s.remove_rings(3);
+    s.stop("{\"end\": true}");
+    EXPECT_EQ(s.dropped(), 100u - 64u);
+  }
+  ParsedMonitorFile f = parse_monitor_file(slurp(path));
+  EXPECT_EQ(f.truncated, "");
+  std::size_t tasks = 0, driver = 0, ends = 0;
+  for (const auto& c : f.chunks) {
+    if (c.type == static_cast<std::uint32_t>(ChunkType::task_events)) tasks += c.data.size() / sizeof(TaskEvent);
+    if (c.type == static_cast<std::uint32_t>(ChunkType::driver_events)) driver += c.data.size() / sizeof(DriverEvent);
+    if (c.type == static_cast<std::uint32_t>(ChunkType::end)) ++ends;
+  }
+  EXPECT_EQ(tasks, 64u);  // the rest did not fit the 64-record ring before the drain
+  EXPECT_EQ(driver, 100u);
+  EXPECT_EQ(ends, 1u);
+  std::remove(path.c_str());
+}
