@@ -13,6 +13,7 @@
 #include <new>
 
 #include "shoal/check.hpp"
+#include "shoal/loop_timer.hpp"
 #include "shoal/detail/futex.hpp"
 #include "shoal/shm_segment.hpp"
 
@@ -208,6 +209,17 @@ void Sampler::driver_event(const DriverEvent& ev) {
 void Sampler::native(const NativeRecord& rec) {
   std::lock_guard<std::mutex> lock(log_mu_);
   native_log_.push_back(rec);
+}
+
+void Sampler::native_loop(const LoopTimer& timer) {
+  const std::uint32_t call = next_native_call();
+  const auto end = static_cast<std::int64_t>(detail::monotonic_ns());
+  std::lock_guard<std::mutex> lock(log_mu_);
+  for (int i = 0; i < timer.slots(); ++i) {
+    const std::uint64_t busy = timer.busy(i);
+    if (busy > 0 || i == 0)
+      native_log_.push_back(NativeRecord{call, timer.start_ns(), end, static_cast<std::uint32_t>(i), busy});
+  }
 }
 
 std::string Sampler::add_rings(std::uint16_t pool, std::size_t rings, bool shared) {

@@ -136,6 +136,8 @@ class Sampler {
   // ---- the driver's ledger (any thread) ----
   void driver_event(const DriverEvent& ev);
   void native(const NativeRecord& rec);
+  // One native loop timed by a LoopTimer: a record per thread that ran a chunk.
+  void native_loop(const class LoopTimer& timer);
   std::uint32_t next_native_call() noexcept { return native_calls_.fetch_add(1); }
 
   // ---- pools ----

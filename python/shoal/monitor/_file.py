@@ -10,7 +10,7 @@ What each side wrote, joined here by (pool, task id, attempt):
 
 A task's id in the Run is (pool - 1) << 40 | its pool's id: the first pool's
 tasks keep their own ids. A task that was submitted and never ended (the job
-died first) is a LOST row with end -1.
+died first: the file has no end chunk) is a LOST row with end -1.
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def build_run(data: bytes) -> Run:
     # ---- tasks
     te = _records(by.get(TASK_EVENTS, []), TASK_EVENT)
     de = _records(by.get(DRIVER_EVENTS, []), DRIVER_EVENT)
-    tasks = _join_tasks(te, de, fn_index, worker_of, rel)
+    tasks = _join_tasks(te, de, fn_index, worker_of, rel, end is not None)
 
     # ---- counters: the last snapshot of each (pool, slot, pid), less what the
     # slot's previous worker had counted (a slot's counters run on across workers)
@@ -186,7 +186,7 @@ def build_run(data: bytes) -> Run:
                dropped=dropped, truncated=truncated)
 
 
-def _join_tasks(te, de, fn_index, worker_of, rel) -> np.ndarray:
+def _join_tasks(te, de, fn_index, worker_of, rel, ended: bool) -> np.ndarray:
     # Submits: one per submit(), or a range of map items, expanded here.
     sub = de[de["kind"] == SUBMIT]
     rng = de[de["kind"] == RANGE]
@@ -258,9 +258,12 @@ def _join_tasks(te, de, fn_index, worker_of, rel) -> np.ndarray:
         rows_d["worker"][has_worker] = worker_of(drv["pool"][has_worker], drv["slot"][has_worker],
                                                  drv["pid"][has_worker])
     rows = np.concatenate([rows_w, rows_d])
-    # Submitted tasks that never ended.
+    # Submitted tasks that never ended, in a run that did not end either (the
+    # job died with them). In a run that ended, the ledger recorded every
+    # task the workers did not (lost, cancelled, ...): a task with no row
+    # there is one whose worker record was dropped (counted in Run.dropped).
     seen = np.unique(rows["task"])
-    missing = s_key[~np.isin(s_key, seen)] if len(s_key) else s_key
+    missing = s_key[~np.isin(s_key, seen)] if len(s_key) and not ended else s_key[:0]
     rows_m = np.zeros(len(missing), TASK_DTYPE)
     rows_m["task"] = missing
     rows_m["start"] = -1

@@ -14,7 +14,6 @@ import functools
 import itertools
 import json
 import os
-import socket
 import sys
 import threading
 import time
@@ -101,6 +100,9 @@ class PoolRecorder:
 
 
 def _describe(fn: Any) -> str:
+    if isinstance(fn, functools.partial):  # map chunks: partial(run_chunk, fn)
+        inner = fn.args[0] if getattr(fn.func, "__name__", "") == "run_chunk" and fn.args else fn.func
+        return _describe(inner)
     mod = getattr(fn, "__module__", None) or ""
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
     return f"{mod}.{name}" if mod else str(name)
@@ -152,6 +154,8 @@ class Session:
             return None
 
     def _meta(self) -> dict:
+        import socket
+
         from .. import allocation as _allocation
 
         try:
