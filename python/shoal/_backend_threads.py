@@ -413,7 +413,7 @@ class ThreadBackend(Backend):
             mon = st.mon
             if mon is not None:
                 item.tid = tid = next(mon.task_ids)
-                mon.submit(tid, mon.fn_id(fn), 0)
+                mon.submit(tid, mon.fn_id(fn, args), 0)
             with st.lock:
                 st.pending.add(item)
             self._pool.submit(item.run)

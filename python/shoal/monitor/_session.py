@@ -64,8 +64,11 @@ class PoolRecorder:
     def function(self, fn_id: int, name: str) -> None:
         self.session.append(FUNCTIONS, [[self.pool, fn_id, name]])
 
-    def fn_id(self, fn: Any) -> int:
-        """The threads backend's number for fn (the processes backend has its own)."""
+    def fn_id(self, fn: Any, args: tuple = ()) -> int:
+        """The threads backend's number for fn (the processes backend has its
+        own); a map chunk, run_chunk(fn, chunk), is fn's."""
+        if fn is _run_chunk() and args:
+            fn = args[0]
         entry = self.fns.get(id(fn))
         if entry is not None and entry[0] is fn:
             return entry[1]
@@ -97,6 +100,13 @@ class PoolRecorder:
                 self.worker_ended(slot, pid)
         if not self.session.stopped:
             self.session.sampler.remove_rings(self.pool)
+
+
+@functools.cache
+def _run_chunk() -> Any:
+    from .._mapping import run_chunk
+
+    return run_chunk
 
 
 def _describe(fn: Any) -> str:
