@@ -105,8 +105,13 @@ std::size_t EventRings::drain(std::size_t ring, std::vector<TaskEvent>& out) con
   // producer; a corrupted region must not make us read past the records.
   const std::uint64_t n = head - tail <= cap ? head - tail : 0;
   const TaskEvent* rec = records(ring);
-  out.reserve(out.size() + n);
-  for (std::uint64_t i = 0; i < n; ++i) out.push_back(rec[(tail + i) & (cap - 1)]);
+  // At most two runs: to the end of the records, then from their start.
+  const std::size_t at = out.size();
+  out.resize(at + n);
+  const std::uint64_t first = tail & (cap - 1);
+  const std::uint64_t run = n < cap - first ? n : cap - first;
+  std::memcpy(out.data() + at, rec + first, run * sizeof(TaskEvent));
+  std::memcpy(out.data() + at + run, rec, (n - run) * sizeof(TaskEvent));
   c.tail.store(n ? head : tail, std::memory_order_release);
   return n;
 }

@@ -107,3 +107,20 @@ TEST(Sampler, DrainsRingsAndDriverEventsIntoTheFile) {
   EXPECT_EQ(ends, 1u);
   std::remove(path.c_str());
 }
+
+TEST(MonitorFile, DeltaVarintsRoundTripAndRejectDamage) {
+  std::vector<std::uint64_t> words = {0, 1, ~0ull, 5, 1ull << 63, 3, 42, 41, 0, 7, 7, 7};
+  std::string raw(reinterpret_cast<const char*>(words.data()), words.size() * 8);
+  for (std::size_t rs : {8u, 16u, 24u, 48u}) {
+    if (raw.size() % rs) continue;
+    const std::string enc = delta_encode(raw, rs);
+    std::string back;
+    ASSERT_TRUE(delta_decode(enc, rs, raw.size(), back));
+    EXPECT_EQ(back, raw);
+    EXPECT_FALSE(delta_decode(enc.substr(0, enc.size() - 1), rs, raw.size(), back));
+    EXPECT_FALSE(delta_decode(enc + "x", rs, raw.size(), back));
+  }
+  std::string overlong(11, '\xff');
+  std::string back;
+  EXPECT_FALSE(delta_decode(overlong, 8, 8, back));
+}
