@@ -170,7 +170,9 @@ void PoolChannel::set_current(std::size_t i, std::uint64_t task_id) {
   if (task_id != 0 && task_id == running) return;
   const std::uint64_t now = detail::monotonic_ns();
   if (running != 0) {
-    const std::uint64_t took = now - s.started_ns.load(std::memory_order_relaxed);
+    const std::uint64_t started = s.started_ns.load(std::memory_order_relaxed);
+    if (monitor_ != nullptr) task_ended(i, running, started, now);
+    const std::uint64_t took = now - started;
     const std::uint64_t avg = s.task_ns.load(std::memory_order_relaxed);
     s.task_ns.store(avg == 0 ? took : avg - avg / 8 + took / 8, std::memory_order_relaxed);
   }
@@ -178,11 +180,22 @@ void PoolChannel::set_current(std::size_t i, std::uint64_t task_id) {
   s.current_task.store(task_id, std::memory_order_release);
 }
 
+// The monitor's side of a worker (process-local; one worker thread uses it).
+// A task's end time is the clock read of the set_current() that follows its
+// result (the next task's start, or 0 after the last): no clock read of its
+// own. note_result() keeps the result's size and outcome until then.
 struct MonitorAttachment {
+  explicit MonitorAttachment(SharedSegment seg) : segment(std::move(seg)) {}
   SharedSegment segment;
   EventRings rings;
   std::uint16_t pool = 0;
   std::uint32_t pid = 0;
+  // The current task's result, pushed, not recorded yet (task 0: none).
+  TaskEvent pending{};
+  // The task that ended (set_current) before its result was pushed (a
+  // failure: Worker.run_one marks the task done before it formats the
+  // traceback): its times, for the result still to come.
+  TaskEvent ended{};
 };
 
 void PoolChannel::attach_monitor(const std::string& segment, std::uint16_t pool,
@@ -191,7 +204,26 @@ void PoolChannel::attach_monitor(const std::string& segment, std::uint16_t pool,
   EventRings rings = EventRings::attach(seg.data(), seg.size());
   const auto pid = static_cast<std::uint32_t>(::getpid());
   rings.set_producer(slot_index, pid);
-  monitor_ = std::make_shared<MonitorAttachment>(MonitorAttachment{std::move(seg), rings, pool, pid});
+  auto m = std::make_shared<MonitorAttachment>(std::move(seg));
+  m->rings = rings;
+  m->pool = pool;
+  m->pid = pid;
+  monitor_ = std::move(m);
+}
+
+void PoolChannel::task_ended(std::size_t i, std::uint64_t task, std::uint64_t started,
+                             std::uint64_t now) noexcept {
+  MonitorAttachment& m = *monitor_;
+  if (m.pending.task == task) {
+    m.pending.start = static_cast<std::int64_t>(started);
+    m.pending.end = static_cast<std::int64_t>(now);
+    m.rings.record(i, m.pending);
+    m.pending.task = 0;
+    return;
+  }
+  m.ended.task = task;
+  m.ended.start = static_cast<std::int64_t>(started);
+  m.ended.end = static_cast<std::int64_t>(now);
 }
 
 void PoolChannel::record_result(std::size_t i, std::uint64_t task_id, std::uint32_t kind,
@@ -199,24 +231,31 @@ void PoolChannel::record_result(std::size_t i, std::uint64_t task_id, std::uint3
   if (task_id == 0 || (kind != static_cast<std::uint32_t>(FrameKind::Result) &&
                        kind != static_cast<std::uint32_t>(FrameKind::Failure)))
     return;
+  MonitorAttachment& m = *monitor_;
+  TaskEvent ev;
+  ev.task = task_id;
+  ev.bytes_out = bytes;
+  ev.pid = m.pid;
+  ev.pool = m.pool;
+  ev.slot = static_cast<std::uint16_t>(i);
+  ev.outcome = kind == static_cast<std::uint32_t>(FrameKind::Result) ? 0 : 1;
   const WorkerSlot& s = *reinterpret_cast<const WorkerSlot*>(
       static_cast<unsigned char*>(base_) + round_up(sizeof(ChannelHeader), page) +
       i * header_->slot_bytes);
-  const auto now = static_cast<std::int64_t>(detail::monotonic_ns());
-  TaskEvent ev;
-  ev.task = task_id;
-  // A task that failed before it started (its arguments could not be
-  // loaded) was never current: it took no time.
-  ev.start = s.current_task.load(std::memory_order_relaxed) == task_id
-                 ? static_cast<std::int64_t>(s.started_ns.load(std::memory_order_relaxed))
-                 : now;
-  ev.end = now;
-  ev.bytes_out = bytes;
-  ev.pid = monitor_->pid;
-  ev.pool = monitor_->pool;
-  ev.slot = static_cast<std::uint16_t>(i);
-  ev.outcome = kind == static_cast<std::uint32_t>(FrameKind::Result) ? 0 : 1;
-  monitor_->rings.record(i, ev);
+  if (s.current_task.load(std::memory_order_relaxed) == task_id) {
+    m.pending = ev;  // recorded when the task ends (set_current)
+    return;
+  }
+  if (m.ended.task == task_id) {
+    ev.start = m.ended.start;
+    ev.end = m.ended.end;
+    m.ended.task = 0;
+  } else {
+    // Never current: it failed before it began (its arguments could not be
+    // loaded in the worker). It took no time.
+    ev.start = ev.end = static_cast<std::int64_t>(detail::monotonic_ns());
+  }
+  m.rings.record(i, ev);
 }
 
 long PoolChannel::pick_slot(std::uint64_t max_queued, std::uint64_t max_task_ns) const noexcept {

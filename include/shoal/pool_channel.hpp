@@ -140,7 +140,10 @@ class PoolChannel {
   // runs a monitor; never otherwise (then note_result is one null check).
   void attach_monitor(const std::string& segment, std::uint16_t pool, std::size_t slot);
   // Slot i's worker pushed a Result or Failure frame of `bytes` bytes for
-  // task_id: records start (set_current's), end (now), bytes and outcome.
+  // task_id: its record (start and end: the set_current() calls around the
+  // task, bytes, outcome) goes to the ring when the task ends, or now if it
+  // already has. A worker killed between its push and its next
+  // set_current() loses that one record (the driver still gets the result).
   void note_result(std::size_t i, std::uint64_t task_id, std::uint32_t kind,
                    std::size_t bytes) const noexcept {
     if (monitor_ != nullptr) record_result(i, task_id, kind, bytes);
@@ -160,6 +163,8 @@ class PoolChannel {
   ChannelHeader* header_ = nullptr;
   void record_result(std::size_t i, std::uint64_t task_id, std::uint32_t kind,
                      std::size_t bytes) const noexcept;
+  void task_ended(std::size_t i, std::uint64_t task, std::uint64_t started,
+                  std::uint64_t now) noexcept;
   // The monitor's ring region, mapped in this worker (null: no monitor).
   std::shared_ptr<MonitorAttachment> monitor_;
 };

@@ -2,11 +2,14 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <string>
 
 #include "shoal/monitor_file.hpp"
+#include "shoal/frame.hpp"
+#include "shoal/pool_channel.hpp"
 #include "shoal/sampler.hpp"
 
 using namespace shoal;
@@ -123,4 +126,46 @@ TEST(MonitorFile, DeltaVarintsRoundTripAndRejectDamage) {
   std::string overlong(11, '\xff');
   std::string back;
   EXPECT_FALSE(delta_decode(overlong, 8, 8, back));
+}
+
+// The worker's side through PoolChannel: a result pushed while its task is
+// current is recorded when the task ends; a failure pushed after the task
+// ended takes the times of that end; one never current takes no time.
+TEST(Sampler, WorkerRecordsThroughThePoolChannel) {
+  const std::string path = temp_path("channel");
+  Sampler s(Sampler::Options{path, 10.0, {}, 64});
+  const std::string seg = s.add_rings(2, 1, true);
+  PoolChannel ch = PoolChannel::create(1, 1 << 16);
+  ch.attach_monitor(seg, 2, 0);
+  ch.set_current(0, 7);
+  ch.note_result(0, 7, static_cast<std::uint32_t>(FrameKind::Result), 11);
+  ch.set_current(0, 8);  // 7 ends here
+  ch.set_current(0, 0);  // 8 ends before its failure is pushed
+  ch.note_result(0, 8, static_cast<std::uint32_t>(FrameKind::Failure), 22);
+  ch.note_result(0, 9, static_cast<std::uint32_t>(FrameKind::Failure), 33);  // never current
+  ch.note_result(0, 9, static_cast<std::uint32_t>(FrameKind::Control), 1);   // not a task end
+  s.remove_rings(2);
+  s.stop("{}");
+  ParsedMonitorFile f = parse_monitor_file(slurp(path));
+  std::vector<TaskEvent> ev;
+  for (const auto& c : f.chunks)
+    if (c.type == static_cast<std::uint32_t>(ChunkType::task_events))
+      for (std::size_t at = 0; at < c.data.size(); at += sizeof(TaskEvent)) {
+        TaskEvent e;
+        std::memcpy(&e, c.data.data() + at, sizeof e);
+        ev.push_back(e);
+      }
+  ASSERT_EQ(ev.size(), 3u);
+  EXPECT_EQ(ev[0].task, 7u);
+  EXPECT_EQ(ev[0].outcome, 0);
+  EXPECT_EQ(ev[0].bytes_out, 11u);
+  EXPECT_EQ(ev[1].task, 8u);
+  EXPECT_EQ(ev[1].outcome, 1);
+  EXPECT_EQ(ev[1].start, ev[0].end);  // 8 began when 7 ended
+  EXPECT_LE(ev[1].start, ev[1].end);
+  EXPECT_EQ(ev[2].task, 9u);
+  EXPECT_EQ(ev[2].start, ev[2].end);
+  EXPECT_EQ(ev[0].pool, 2);
+  EXPECT_EQ(ev[0].pid, static_cast<std::uint32_t>(::getpid()));
+  std::remove(path.c_str());
 }

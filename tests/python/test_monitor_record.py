@@ -102,6 +102,8 @@ def test_outcomes_of_the_processes_backend(tmp_path):
     fn = np.array(run.functions)[t["fn"]]
     raised = t[(t["outcome"] == RAISED)]
     assert len(raised) == 1 and fn[t["outcome"] == RAISED][0].endswith("fail")
+    assert 0 <= raised["submit"][0] <= raised["start"][0] <= raised["end"][0]
+    assert raised["bytes_out"][0] > 100  # the pickled exception and its traceback
     lost = t[t["outcome"] == LOST][0]
     assert lost["start"] >= 0 and lost["end"] >= lost["start"] and lost["worker"] != 0xFFFFFFFF
     timed = t[t["outcome"] == TIMED_OUT][0]
