@@ -104,6 +104,7 @@ std::size_t EventRings::drain(std::size_t ring, std::vector<TaskEvent>& out) con
   // A head more than a ring ahead of tail is impossible for a well-behaved
   // producer; a corrupted region must not make us read past the records.
   const std::uint64_t n = head - tail <= cap ? head - tail : 0;
+  if (n == 0) return 0;
   const TaskEvent* rec = records(ring);
   // At most two runs: to the end of the records, then from their start.
   const std::size_t at = out.size();
@@ -111,8 +112,8 @@ std::size_t EventRings::drain(std::size_t ring, std::vector<TaskEvent>& out) con
   const std::uint64_t first = tail & (cap - 1);
   const std::uint64_t run = n < cap - first ? n : cap - first;
   std::memcpy(out.data() + at, rec + first, run * sizeof(TaskEvent));
-  std::memcpy(out.data() + at + run, rec, (n - run) * sizeof(TaskEvent));
-  c.tail.store(n ? head : tail, std::memory_order_release);
+  if (run < n) std::memcpy(out.data() + at + run, rec, (n - run) * sizeof(TaskEvent));
+  c.tail.store(head, std::memory_order_release);
   return n;
 }
 

@@ -190,6 +190,7 @@ void Sampler::stop(const std::string& end_json) {
     if (stopped_) return;
     stopped_ = stopping_ = true;
   }
+  accepting_.store(false, std::memory_order_relaxed);
   stop_cv_.notify_all();
   if (thread_.joinable()) thread_.join();
   tick();
@@ -202,16 +203,19 @@ bool Sampler::append_json(ChunkType type, const std::string& json) {
 }
 
 void Sampler::driver_event(const DriverEvent& ev) {
+  if (!accepting_.load(std::memory_order_relaxed)) return;
   std::lock_guard<std::mutex> lock(log_mu_);
   driver_log_.push_back(ev);
 }
 
 void Sampler::native(const NativeRecord& rec) {
+  if (!accepting_.load(std::memory_order_relaxed)) return;
   std::lock_guard<std::mutex> lock(log_mu_);
   native_log_.push_back(rec);
 }
 
 void Sampler::native_loop(const LoopTimer& timer) {
+  if (!accepting_.load(std::memory_order_relaxed)) return;
   const std::uint32_t call = next_native_call();
   const auto end = static_cast<std::int64_t>(detail::monotonic_ns());
   std::lock_guard<std::mutex> lock(log_mu_);

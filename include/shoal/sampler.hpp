@@ -204,6 +204,12 @@ class Sampler {
   std::atomic<std::uint64_t> thread_cpu_ns_{0};
   std::atomic<std::uint64_t> ticks_{0};
 
+  // False once stop() began: the ledger's events of a pool that outlives
+  // its monitor are dropped at the door instead of piling up unread. Set by
+  // stop(), read (relaxed) by every driver_event()/native(): a late event
+  // that still gets in is only never written.
+  std::atomic<bool> accepting_{true};
+
   std::mutex stop_mu_;
   std::condition_variable stop_cv_;
   bool stopping_ = false;  // guarded by stop_mu_

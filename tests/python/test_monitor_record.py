@@ -317,3 +317,30 @@ def test_monitoring_off_leaves_pools_without_a_recorder():
         assert ex.submit(mh.ident, 5).result(30) == 5
     with shoal.Executor(1, backend="threads") as ex:
         assert ex.backend._state.mon is None
+
+
+def test_a_killed_job_leaves_a_file_that_loads(tmp_path):
+    """The driver is SIGKILLed mid-run: everything up to the sampler's last
+    tick is in the file; the reader says the run did not end."""
+    path = tmp_path / "killed.shoal"
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent("""
+        import os, signal, time, shoal, monitor_helpers as mh
+        with shoal.Pool(2) as pool:
+            futs = [pool.apply_async(mh.nap, (i, 0.02)) for i in range(200)]
+            futs[30].get()
+            time.sleep(0.3)  # at least two ticks of the sampler
+            os.kill(os.getpid(), signal.SIGKILL)
+    """))
+    env = _env()
+    env["SHOAL_MONITOR"] = str(path)
+    r = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == -9, r.stderr
+    run = shoal.monitor.load(path)
+    assert "no end record" in run.truncated
+    t = run.tasks
+    assert len(t) == 200  # every submit was recorded before the kill
+    assert (t["outcome"] == OK).sum() >= 31
+    lost = t[t["outcome"] == LOST]
+    assert len(lost) > 0 and (lost["end"] == -1).all()
