@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import warnings
+import weakref
 from typing import Any
 
 # chunk types: shoal/monitor_file.hpp
@@ -51,7 +52,8 @@ class PoolRecorder:
         self.submit_range = functools.partial(s.submit_range, pool)  # (first, count, fn)
         self.frame = functools.partial(s.frame, pool)                # (first, count, nbytes)
         self._outcome = functools.partial(s.outcome, pool)
-        self.fns: dict[int, tuple[Any, int]] = {}  # id(fn) -> (fn, fn id): threads backend
+        self.fns: dict[int, tuple[Any, int]] = {}  # id(fn) -> (weakref, fn id): threads backend
+        self.fn_names: dict[str, int] = {}
         self.fn_ids = itertools.count(1)
         self.task_ids = itertools.count(1)
         self.closed = False
@@ -66,15 +68,26 @@ class PoolRecorder:
 
     def fn_id(self, fn: Any, args: tuple = ()) -> int:
         """The threads backend's number for fn (the processes backend has its
-        own); a map chunk, run_chunk(fn, chunk), is fn's."""
+        own): one per name; a map chunk, run_chunk(fn, chunk), is fn's. The
+        cache by id() holds fn weakly (a caller's function must die when the
+        caller drops it) and is emptied when it grows past 4096 entries."""
         if fn is _run_chunk() and args:
             fn = args[0]
         entry = self.fns.get(id(fn))
-        if entry is not None and entry[0] is fn:
+        if entry is not None and entry[0]() is fn:
             return entry[1]
-        i = next(self.fn_ids)
-        self.fns[id(fn)] = (fn, i)  # keeps fn alive: its id is never reused meanwhile
-        self.function(i, _describe(fn))
+        name = _describe(fn)
+        i = self.fn_names.get(name)
+        if i is None:
+            i = self.fn_names[name] = next(self.fn_ids)
+            self.function(i, name)
+        try:
+            ref = weakref.ref(fn)
+        except TypeError:  # (no weak references to it: looked up by name each time)
+            return i
+        if len(self.fns) > 4096:
+            self.fns.clear()
+        self.fns[id(fn)] = (ref, i)
         return i
 
     def thread_writer(self, slot: int):
