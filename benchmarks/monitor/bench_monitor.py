@@ -60,10 +60,18 @@ def bench_record_call(tmp: str, n: int, repeats: int) -> tuple[float, float]:
         for i in range(k):
             clock()
 
+    sub = s.submit
+
+    def with_submit(k: int) -> None:
+        for i in range(k):
+            sub(1, i, 1, 100)
+        s.tick()  # (timed: the sampler's share of a submit record, written to the file)
+
     got = _median_ns_per_call(with_record, n, repeats)
     base = _median_ns_per_call(empty, n, repeats)
+    submit = _median_ns_per_call(with_submit, n, repeats)
     s.stop("{}")
-    return got, base
+    return got, base, submit
 
 
 def bench_push_result(tmp: str, n: int, repeats: int) -> tuple[float, float]:
@@ -96,8 +104,8 @@ def bench_push_result(tmp: str, n: int, repeats: int) -> tuple[float, float]:
     run(chans[True], cap)
     s.tick()
     times: dict = {False: [], True: []}
-    for _ in range(repeats):  # off and on alternate; the sampler drains between, untimed
-        for on in (False, True):
+    for k in range(repeats):  # off and on alternate; the sampler drains between, untimed
+        for on in ((False, True) if k % 2 == 0 else (True, False)):
             t0 = time.perf_counter_ns()
             run(chans[on], n)
             times[on].append((time.perf_counter_ns() - t0) / n)
@@ -107,11 +115,21 @@ def bench_push_result(tmp: str, n: int, repeats: int) -> tuple[float, float]:
     return res[False], res[True]
 
 
-def _alternate(run_off, run_on, repeats: int) -> tuple[float, float]:
+#: every on/off pair measured, for the results file (load drifts: see the docstring)
+PAIRS: dict[str, list] = {}
+
+
+def _alternate(run_off, run_on, repeats: int, name: str = "") -> tuple[float, float]:
     off, on = [], []
-    for _ in range(repeats):
-        off.append(run_off())
-        on.append(run_on())
+    for k in range(repeats):
+        if k % 2:  # off first, then on first: neither side always follows the other
+            on.append(run_on())
+            off.append(run_off())
+        else:
+            off.append(run_off())
+            on.append(run_on())
+    if name:
+        PAIRS[name] = list(zip(off, on))
     return statistics.median(off), statistics.median(on)
 
 
@@ -137,7 +155,7 @@ def bench_map(tmp: str, n: int, repeats: int) -> dict:
             out["file_bytes"] = os.path.getsize(path)
         return dt
 
-    off, on = _alternate(lambda: once(False), lambda: once(True), repeats)
+    off, on = _alternate(lambda: once(False), lambda: once(True), repeats, "map")
     out["off_s"], out["on_s"] = off, on
     run = shoal.monitor.load(path)
     out["tasks_in_file"] = len(run.tasks)
@@ -162,7 +180,7 @@ def bench_submit(tmp: str, n: int, repeats: int) -> tuple[float, float]:
             if mon is not None:
                 mon.stop()
 
-    return _alternate(lambda: once(False), lambda: once(True), repeats)
+    return _alternate(lambda: once(False), lambda: once(True), repeats, "submit")
 
 
 def bench_sampler_idle(tmp: str, seconds: float) -> float:
@@ -185,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     q = args.quick
     n_map = 20_000 if q else 1_000_000
     n_submit = 2_000 if q else 20_000
-    repeats = 1 if q else 3
+    repeats = 1 if q else 5
     lines = []
 
     def row(name: str, value: str, goal: str = "", verdict: str = "") -> None:
@@ -201,9 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     lines.append(f"host {os.uname().nodename}, {len(os.sched_getaffinity(0))} CPUs, "
                  f"load at start {os.getloadavg()[0]:.2f}, {datetime.datetime.now():%Y-%m-%d %H:%M}")
     with tempfile.TemporaryDirectory() as tmp:
-        got, base = bench_record_call(tmp, 20_000 if q else 500_000, 3 if q else 7)
-        row("record call (threads backend)", f"{got:.0f} ns ({got - base:.0f} net of a C call)")
-        off, on = bench_push_result(tmp, 20_000 if q else 200_000, 3 if q else 7)
+        got, base, submit = bench_record_call(tmp, 20_000 if q else 500_000, 3 if q else 7)
+        row("record call (threads backend)", f"{got:.0f} ns (a C call reading the clock: {base:.0f})")
+        row("driver submit record + its write", f"{submit:.0f} ns")
+        off, on = bench_push_result(tmp, 16_384, 5 if q else 41)
         row("worker per-task calls off / on", f"{off:.0f} / {on:.0f} ns (+{on - off:.0f})")
         m = bench_map(tmp, n_map, repeats)
         ratio = m["off_s"] / m["on_s"]
@@ -220,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{n_submit / off:,.0f}/s)", ">= 97%", verdict(ratio >= 0.97))
         idle = bench_sampler_idle(tmp, 1.0 if q else 5.0)
         row("sampler CPU idle, 10 Hz", f"{idle:.2f}% of a core", "<= 0.5%", verdict(idle <= 0.5))
+    for name, pairs in PAIRS.items():
+        lines.append(f"  {name} runs (off s, on s): " +
+                     ", ".join(f"({a:.3f}, {b:.3f})" for a, b in pairs))
     if args.out:
         with open(args.out, "a") as fh:
             fh.write("\n".join(lines) + "\n")

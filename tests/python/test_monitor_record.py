@@ -344,3 +344,32 @@ def test_a_killed_job_leaves_a_file_that_loads(tmp_path):
     assert (t["outcome"] == OK).sum() >= 31
     lost = t[t["outcome"] == LOST]
     assert len(lost) > 0 and (lost["end"] == -1).all()
+
+
+def test_a_full_disk_warns_once_and_the_job_goes_on(tmp_path):
+    """The file stops taking writes mid-run (RLIMIT_FSIZE stands in for a
+    full disk: write(2) fails with EFBIG): one MonitorWarning, the job's
+    results are right, and what was written still loads."""
+    path = tmp_path / "full.shoal"
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(f"""
+        import resource, signal, warnings
+        import shoal, monitor_helpers as mh
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with shoal.monitor({str(path)!r}):
+                with shoal.Pool(2) as pool:
+                    resource.setrlimit(resource.RLIMIT_FSIZE, (30000, 30000))
+                    assert pool.map(mh.ident, range(50000), chunksize=1) == list(range(50000))
+        kinds = [w.category.__name__ for w in caught]
+        print(kinds.count("MonitorWarning"), [str(w.message) for w in caught][:1])
+    """))
+    r = subprocess.run([sys.executable, str(script)], env=_env(), capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("1 "), r.stdout
+    assert "cannot write the monitor file" in r.stdout
+    assert path.stat().st_size <= 30000
+    run = shoal.monitor.load(path)
+    assert run.truncated
