@@ -142,6 +142,14 @@ Sampler::Sampler(Options options)
   if (options_.ring_capacity < 2) options_.ring_capacity = 2;
   core_prev_.assign(options_.cpu_ids.size(), {0, 0});
   std::tie(mem_current_path_, mem_peak_path_) = cgroup_memory_paths();
+  if (options_.gpu)
+    gpu_ = NvmlProbe::open(gpu_note_);
+  else
+    gpu_note_ = "GPU samples were not asked for";
+}
+
+std::vector<std::string> Sampler::gpu_names() const {
+  return gpu_ ? gpu_->names() : std::vector<std::string>{};
 }
 
 Sampler::~Sampler() {
@@ -425,6 +433,12 @@ void Sampler::sample(std::int64_t now) {
   if (s.mem_current > mem_peak_seen_) mem_peak_seen_ = s.mem_current;
   s.mem_peak = peak > mem_peak_seen_ ? peak : mem_peak_seen_;
   writer_.append(ChunkType::system_samples, &s, sizeof s, sizeof s);
+  if (gpu_ && now >= next_gpu_ns_) {  // 1 Hz
+    next_gpu_ns_ = now + 1'000'000'000;
+    std::vector<GpuSampleRecord> g;
+    gpu_->sample(now, g);
+    append_records(ChunkType::gpu_samples, g);
+  }
 }
 
 }  // namespace shoal

@@ -27,6 +27,7 @@
 
 #include "shoal/event_ring.hpp"
 #include "shoal/monitor_file.hpp"
+#include "shoal/nvml_probe.hpp"
 
 namespace shoal {
 
@@ -113,6 +114,7 @@ class Sampler {
     double hz = 10.0;
     std::vector<int> cpu_ids;        // the cores the job may use
     std::size_t ring_capacity = 32768;  // records per worker ring
+    bool gpu = true;                    // GPU samples at 1 Hz where NVML finds GPUs
   };
 
   // Opens the file (throws SystemError) and records the start time; the
@@ -158,6 +160,9 @@ class Sampler {
     return thread_cpu_ns_.load(std::memory_order_relaxed);
   }
   std::uint64_t ticks() const noexcept { return ticks_.load(std::memory_order_relaxed); }
+  // The GPUs sampled (empty: none), and why none are where that is so.
+  std::vector<std::string> gpu_names() const;
+  const std::string& gpu_note() const noexcept { return gpu_note_; }
 
  private:
   struct Pool {
@@ -199,6 +204,9 @@ class Sampler {
   std::vector<std::pair<std::uint64_t, std::uint64_t>> core_prev_;  // (busy, total) per cpu_id
   std::string mem_current_path_, mem_peak_path_;
   std::uint64_t mem_peak_seen_ = 0;
+  std::unique_ptr<NvmlProbe> gpu_;  // null: no GPU samples (gpu_note_ says why)
+  std::string gpu_note_;
+  std::int64_t next_gpu_ns_ = 0;
 
   // Written by the sampler thread (relaxed), read by anyone: statistics only.
   std::atomic<std::uint64_t> thread_cpu_ns_{0};

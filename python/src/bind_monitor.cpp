@@ -26,10 +26,13 @@ static void bind(nb::module_& m) {
       .def(
           "__init__",
           [](Sampler* self, const std::string& path, double hz, const std::vector<int>& cpu_ids,
-             std::size_t ring_capacity) {
-            new (self) Sampler(Sampler::Options{path, hz, cpu_ids, ring_capacity});
+             std::size_t ring_capacity, bool gpu) {
+            new (self) Sampler(Sampler::Options{path, hz, cpu_ids, ring_capacity, gpu});
           },
-          nb::arg("path"), nb::arg("hz"), nb::arg("cpu_ids"), nb::arg("ring_capacity"))
+          nb::arg("path"), nb::arg("hz"), nb::arg("cpu_ids"), nb::arg("ring_capacity"),
+          nb::arg("gpu") = true)
+      .def_prop_ro("gpu_names", &Sampler::gpu_names)
+      .def_prop_ro("gpu_note", &Sampler::gpu_note)
       .def_prop_ro("start_ns", &Sampler::start_ns)
       .def_prop_ro("ring_capacity", &Sampler::ring_capacity)
       .def("start", &Sampler::start)

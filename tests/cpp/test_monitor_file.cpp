@@ -169,3 +169,18 @@ TEST(Sampler, WorkerRecordsThroughThePoolChannel) {
   EXPECT_EQ(ev[0].pid, static_cast<std::uint32_t>(::getpid()));
   std::remove(path.c_str());
 }
+
+// Where NVML is absent (CI, this machine) the probe says why and the
+// sampler records no GPU samples; where it is present, every GPU is named.
+TEST(Sampler, GpuProbeSaysWhyThereAreNoGpus) {
+  std::string why;
+  auto probe = NvmlProbe::open(why);
+  if (probe) {
+    EXPECT_FALSE(probe->names().empty());
+    std::vector<GpuSampleRecord> g;
+    probe->sample(1, g);
+    EXPECT_LE(g.size(), probe->names().size());
+  } else {
+    EXPECT_NE(why, "");
+  }
+}

@@ -21,8 +21,8 @@ import os
 import numpy as np
 
 from . import MonitorFileError
-from ._run import (COUNTER_DTYPE, LOST, NATIVE_DTYPE, RETRIED, SYSTEM_SAMPLE_DTYPE, TASK_DTYPE,
-                   WORKER_DTYPE, WORKER_SAMPLE_DTYPE, Run)
+from ._run import (COUNTER_DTYPE, GPU_SAMPLE_DTYPE, LOST, NATIVE_DTYPE, RETRIED,
+                   SYSTEM_SAMPLE_DTYPE, TASK_DTYPE, WORKER_DTYPE, WORKER_SAMPLE_DTYPE, Run)
 
 # chunk types: shoal/monitor_file.hpp
 (META, FUNCTIONS, WORKERS, TASK_EVENTS, DRIVER_EVENTS, COUNTERS, CORE_SAMPLES, WORKER_SAMPLES,
@@ -46,6 +46,7 @@ WORKER_SAMPLE_RECORD = np.dtype([("t", "<i8"), ("pool", "<u2"), ("slot", "<u2"),
 assert TASK_EVENT.itemsize == 48 and DRIVER_EVENT.itemsize == 40
 assert COUNTER_RECORD.itemsize == 352 and WORKER_SAMPLE_RECORD.itemsize == 32
 assert SYSTEM_SAMPLE_DTYPE.itemsize == 36 and NATIVE_DTYPE.itemsize == 32
+assert GPU_SAMPLE_DTYPE.itemsize == 32
 NO_WORKER = 0xFFFFFFFF
 
 
@@ -175,6 +176,9 @@ def build_run(data: bytes) -> Run:
         cs = _records(by[CORE_SAMPLES], rec)
         core_t = rel(cs["t"])
         core_busy = np.ascontiguousarray(cs["busy"], "<f4")
+    gpu = _records(by.get(GPU_SAMPLES, []), GPU_SAMPLE_DTYPE).copy()
+    if len(gpu):
+        gpu["t"] = rel(gpu["t"])
     native = _records(by.get(NATIVE, []), NATIVE_DTYPE).copy()
     if len(native):
         native["start"] = rel(native["start"])
@@ -182,7 +186,8 @@ def build_run(data: bytes) -> Run:
     dropped = int(end["dropped"]) if end is not None else dropped_seen
     return Run(meta=meta, tasks=tasks, functions=functions, workers=workers, counters=counters,
                core_t=core_t, core_busy=core_busy, core_ids=core_ids,
-               worker_samples=worker_samples, system_samples=system, native=native,
+               worker_samples=worker_samples, system_samples=system, gpu_samples=gpu,
+               native=native,
                dropped=dropped, truncated=truncated)
 
 

@@ -193,7 +193,7 @@ class Session:
             pools = threadpool_info()
         except Exception:  # noqa: BLE001 - not installed, or a library it cannot read
             pools = None
-        gpus, note = _gpus()
+        gpus, note = list(self.sampler.gpu_names), self.sampler.gpu_note
         return {
             "version": 1,
             "start_ns": self.sampler.start_ns,
@@ -223,28 +223,6 @@ class Session:
                "sampler_cpu_ns": self.sampler.thread_cpu_ns, "ticks": self.sampler.ticks}
         self.sampler.stop(json.dumps(end))
         self.check()
-
-
-def _gpus() -> tuple[list, str]:
-    """GPU names, and why GPU samples are absent (they always are for now:
-    the sampler thread is C++ and reads no NVML yet)."""
-    try:
-        import pynvml  # noqa: F401
-    except Exception:  # noqa: BLE001 - ImportError, or a broken install
-        return [], "no NVIDIA GPU monitoring: nvidia-ml-py (pynvml) is not installed"
-    try:
-        pynvml.nvmlInit()
-        try:
-            names = [pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i))
-                     for i in range(pynvml.nvmlDeviceGetCount())]
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # noqa: BLE001 - no driver, no device
-        return [], "no NVIDIA GPU (NVML found none)"
-    names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
-    if not names:
-        return [], "no NVIDIA GPU (NVML found none)"
-    return names, "GPU samples are not recorded yet (NVML found GPUs, the sampler does not read them)"
 
 
 def start(path: str, hz: float = 10.0, ring: int | None = None) -> Session | None:
