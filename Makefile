@@ -26,7 +26,7 @@ $(VENV)/.deps-stamp: pyproject.toml | system-deps
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "scikit-build-core>=0.10" "nanobind>=2.0" \
 	    numpy cloudpickle threadpoolctl psutil tqdm \
-	    pytest pytest-timeout numba joblib pandas mpi4py ipykernel jupyter_client
+	    pytest pytest-timeout numba joblib pandas mpi4py ipykernel jupyter_client matplotlib
 	touch $@
 
 venv: system-deps $(VENV)/.deps-stamp
@@ -57,13 +57,17 @@ pytest: install
 	$(PY) -m pytest -q tests/python
 
 # The Pool/Executor contract suites once more, on backend="mpi", in real mpirun
-# jobs of 2, 3 and 5 ranks (rank 0 runs pytest, the others serve). One rank,
-# bad launches, dying ranks: tests/python/test_mpi.py, in the pytest run.
+# jobs of 2, 3 and 5 ranks (rank 0 runs pytest, the others serve), and of 5
+# ranks as 2 virtual nodes of 2 (root -> 2 leaders -> their workers). One rank,
+# bad launches, dying workers and ranks: tests/python/test_mpi.py, in pytest.
 MPIRUN := OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe
+MPI_SUITES := tests/python/test_conformance_pool.py tests/python/test_conformance_executor.py
 mpi-test: install
-	@for n in 2 3 5; do echo "== the contract suites on backend=mpi under mpirun -n $$n"; \
-	  SHOAL_TEST_BACKENDS=mpi $(MPIRUN) -n $$n $(PY) -m shoal.mpi -m pytest -q -p no:cacheprovider --color=no \
-	    tests/python/test_conformance_pool.py tests/python/test_conformance_executor.py || exit 1; \
+	@for spec in 2:0 3:0 5:0 5:2; do n=$${spec%:*}; size=$${spec#*:}; \
+	  echo "== the contract suites on backend=mpi under mpirun -n $$n (SHOAL_MPI_NODE_SIZE=$$size)"; \
+	  SHOAL_TEST_BACKENDS=mpi SHOAL_MPI_NODE_SIZE=$$size $(MPIRUN) -n $$n -x SHOAL_MPI_NODE_SIZE \
+	    $(PY) -m shoal.mpi -m pytest -q -p no:cacheprovider --color=no \
+	    -W ignore::shoal.OversubscriptionWarning $(MPI_SUITES) || exit 1; \
 	done
 
 bench: install

@@ -3,10 +3,11 @@
 # As root: apt-get install. Otherwise: print the exact command and fail.
 set -euo pipefail
 # gcc (cc) and gfortran build examples/fortran_kernel (tests/python/test_examples_native.py).
+# chromium renders the monitor's HTML report headless (tests/python/test_monitor_report.py).
 packages=(cmake gcc g++ gfortran make ninja-build pkg-config python3-venv
           libhwloc-dev hwloc libopenmpi-dev openmpi-bin
           libgtest-dev libbenchmark-dev clang libclang-rt-dev libomp-dev
-          libtbb-dev)
+          libtbb-dev chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -19,7 +19,7 @@ ring in shared segments (INDIRECT); the cancel mark.
 
   shutdown(cancel_futures=True): for tasks already on a ring (or taken, not
   started) the driver writes a cancel mark that each worker reads before
-  starting a frame (see _Engine._cancel_board): it answers a Control frame
+  starting a frame (see cancel_board): it answers a Control frame
   instead of running it.
 """
 
@@ -58,6 +58,49 @@ def _pidfd_kill(pidfd: int) -> None:
         _signal.pidfd_send_signal(pidfd, _signal.SIGKILL)
     except OSError:
         pass
+
+
+def cancel_board(core: Any, workers: int) -> tuple:
+    """The cancel mark: int64s in a shared segment that only the driver
+    writes, in shutdown(cancel_futures=True); each worker reads them
+    before it starts a Call or a Batch frame (python/shoal/_worker.py:
+    Worker.handle). [0]: every task id up to it is cancelled, except
+    [1 + slot]: the one task that slot's worker was to start next, which
+    still runs (as the call queue's tasks do in concurrent.futures: its
+    Future said running()). For a cancelled one the worker sends back a
+    Control frame instead of running it. So the tasks waiting on a
+    worker's ring, or taken off it but not started, are cancelled too,
+    not only the backlog's. [1 + slot] is written before [0], so a worker
+    that sees the new mark sees its exemption too (x86 keeps stores in
+    order; elsewhere a worker could miss it and cancel that task as
+    well). A memoryview over a mmap of the segment's file: neither side
+    needs numpy for it. Returns (segment, mmap, int64 view), or (None,
+    None, None) (no mark: ring-queued tasks run) if /dev/shm has no room
+    for it."""
+    import mmap
+
+    size = 8 * (1 + workers)
+    try:
+        seg = core.SharedSegment.create(size)
+        fd = os.open("/dev/shm" + seg.name, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            cmap = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+    except Exception:  # noqa: BLE001 - ENOSPC and the like: the pool works without
+        return None, None, None
+    return seg, cmap, memoryview(cmap).cast("q")
+
+
+def worker_env(caps: dict) -> list[str]:
+    """The environment of a spawned worker (python -m shoal._worker): this
+    process's, the library thread caps, and this very shoal on its path."""
+    env = dict(os.environ)
+    env.update(caps)
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([pkg_parent] + [p for p in
+                                        env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return [f"{k}={v}" for k, v in env.items()]
 
 
 class _ServerGone(OSError):
@@ -384,15 +427,6 @@ class _Engine(Engine):
         else:
             _pidfd_kill(pfd)
 
-    def _worker_env(self) -> list[str]:
-        env = dict(os.environ)
-        env.update(self.caps)
-        # The worker must import this very shoal, wherever it was imported from.
-        pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = os.pathsep.join([pkg_parent] + [p for p in
-                                            env.get("PYTHONPATH", "").split(os.pathsep) if p])
-        return [f"{k}={v}" for k, v in env.items()]
-
     def _start_worker(self, s: _Slot) -> None:
         # Caller holds the lock (or is the constructor).
         self._reset_slot(s)
@@ -411,41 +445,15 @@ class _Engine(Engine):
                     self.chan.ring_doorbell()
                 return
         if self._env is None:
-            self._env = self._worker_env()
+            self._env = worker_env(self.caps)
         s.pid = self.sup.spawn(s.index, self.argv_base + ["--slot", str(s.index)], self._env,
                                self.chan.fd)
         self._announce(s)
 
     def _cancel_board(self) -> Any:
-        """The cancel mark: int64s in a shared segment that only the driver
-        writes, in shutdown(cancel_futures=True); each worker reads them
-        before it starts a Call or a Batch frame (python/shoal/_worker.py:
-        Worker.handle). [0]: every task id up to it is cancelled, except
-        [1 + slot]: the one task that slot's worker was to start next, which
-        still runs (as the call queue's tasks do in concurrent.futures: its
-        Future said running()). For a cancelled one the worker sends back a
-        Control frame instead of running it. So the tasks waiting on a
-        worker's ring, or taken off it but not started, are cancelled too,
-        not only the backlog's. [1 + slot] is written before [0], so a worker
-        that sees the new mark sees its exemption too (x86 keeps stores in
-        order; elsewhere a worker could miss it and cancel that task as
-        well). A memoryview over a mmap of the segment's file: neither side
-        needs numpy for it. None (no mark: ring-queued tasks run) if
-        /dev/shm has no room for it."""
-        import mmap
-
-        size = 8 * (1 + self.workers)
-        try:
-            seg = self.core.SharedSegment.create(size)
-            fd = os.open("/dev/shm" + seg.name, os.O_RDWR | os.O_CLOEXEC)
-            try:
-                self.cancel_map = mmap.mmap(fd, size)
-            finally:
-                os.close(fd)
-        except Exception:  # noqa: BLE001 - ENOSPC and the like: the pool works without
-            return None
-        self.cancel_seg = seg
-        return memoryview(self.cancel_map).cast("q")
+        """The cancel mark (see cancel_board); None if /dev/shm has no room."""
+        self.cancel_seg, self.cancel_map, mark = cancel_board(self.core, self.workers)
+        return mark
 
     def _announce(self, s: _Slot) -> None:
         """The first frame a new worker reads: sys.path, the initializer and

@@ -388,6 +388,14 @@ class Engine:
     thin handle on the engine, so that dropping the handle (gc) can terminate
     the engine while the collector thread still references it."""
 
+    #: pickles what the ledger sends (functions, arguments, the initializer);
+    #: a transport whose workers cannot map the driver's shared segments
+    #: (other nodes) keeps the buffers in band
+    _dumps = staticmethod(_serialize.dumps)
+    #: ... and tasks' arguments (their big buffers out of band: shared
+    #: segments, which the mpi transport sends as MPI messages of their own)
+    _dumps_task = staticmethod(_serialize.dumps)
+
     def __init__(self, chan: Any, workers: int, initializer: Callable | None, initargs: tuple,
                  max_tasks_per_worker: int | None, retries: int) -> None:
         """The ledger's state; starts no thread (a transport may still fork
@@ -406,7 +414,7 @@ class Engine:
         self.init_data = None
         self.init_payload = None
         if initializer is not None:
-            self.init_payload = _serialize.dumps((initializer, tuple(initargs)))
+            self.init_payload = self._dumps((initializer, tuple(initargs)))
             self.init_data = bytes(self.init_payload.data)
         self.limit = chan.max_payload // 2  # larger frame payloads go _indirect
         self.lock = threading.Lock()
@@ -481,6 +489,10 @@ class Engine:
     def _release_transport(self) -> None:
         pass
 
+    def _worker_label(self, pid: int) -> str:
+        """How messages name the worker the ledger knows as pid."""
+        return f"worker {pid}"
+
     def _reset_slot(self, s: "_Slot") -> None:
         """A slot's bookkeeping for a new worker (the transport's _start_worker
         calls it first). Lock held (or the constructor)."""
@@ -527,7 +539,7 @@ class Engine:
             obj = functools.partial(run_chunk, fn)
         else:
             obj = fn
-        payload = _serialize.dumps(obj)  # may raise SerializationError: nothing changed yet
+        payload = self._dumps(obj)  # may raise SerializationError: nothing changed yet
         fn_id = next(self.ids)
         # The cache names the function weakly: a closure, a partial or the
         # object of a bound method is the caller's to drop (its pickle stays
@@ -556,7 +568,7 @@ class Engine:
         old_id = entry[1]
         self.short_fns.discard(old_id)
         # Workers forget it too (best effort: a full ring just keeps it).
-        forget = _serialize.dumps({"forget": [old_id]}).data
+        forget = self._dumps({"forget": [old_id]}).data
         for s in self.slots:
             if old_id in s.sent_fns:
                 s.sent_fns.discard(old_id)
@@ -609,7 +621,7 @@ class Engine:
                 data = fut.data = _pickle_dumps((fn_id, args, None), 5)
             else:
                 try:
-                    payload = _serialize.dumps((fn_id, args, kwargs))
+                    payload = self._dumps_task((fn_id, args, kwargs))
                 except SerializationError as exc:
                     fut.set_exception(exc)
                     return fut
@@ -721,7 +733,7 @@ class Engine:
                 owners.append([t])
         else:
             ids = [t.id for t in tasks]
-            data = _serialize.dumps((fn_id, ids, [t.item for t in tasks]))
+            data = self._dumps_task((fn_id, ids, [t.item for t in tasks]))
             raw = bytes(data.data)
             flags = 0
             if len(raw) > self.limit:
@@ -792,7 +804,7 @@ class Engine:
             good = []
             for t in tasks:
                 try:
-                    _serialize.dumps(t.item)
+                    self._dumps(t.item)
                     good.append(t)
                 except SerializationError as exc:
                     del self.tasks[t.id]
@@ -1456,12 +1468,12 @@ class Engine:
             if task.kill_reason == "timeout":
                 self._fail(task, TaskTimeout(
                     f"task {task.id} ({self._task_name(task)}) ran past its time limit of "
-                    f"{task.timeout_ns / 1e9:g} s; worker {pid} was killed and replaced"), done,
-                    started, pid, slot)
+                    f"{task.timeout_ns / 1e9:g} s; {self._worker_label(pid)} was killed and "
+                    "replaced"), done, started, pid, slot)
             elif task.kill_reason == "cancel":
                 self._fail(task, CancelledError(
-                    f"task {task.id} ({self._task_name(task)}) was cancelled while running; worker {pid} "
-                    f"was killed and replaced"), done, started, pid, slot)
+                    f"task {task.id} ({self._task_name(task)}) was cancelled while running; "
+                    f"{self._worker_label(pid)} was killed and replaced"), done, started, pid, slot)
             else:
                 task.attempts += 1
                 if task.attempts <= self.retries:
@@ -1470,7 +1482,8 @@ class Engine:
                         mon.outcome(task.id, _M_RETRIED, task.attempts - 1, started, pid, slot)
                 else:
                     self._fail(task, WorkerLost(
-                        f"worker {pid} {how} while running task {task.id} ({self._task_name(task)})",
+                        f"{self._worker_label(pid)} {how} while running task {task.id} "
+                        f"({self._task_name(task)})",
                         exitcode=None if sig else code, signal=sig or None), done, started, pid,
                         slot, task.attempts - 1)
         self.backlog.extendleft(reversed(requeue))

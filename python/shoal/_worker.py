@@ -87,8 +87,8 @@ class Worker:
         self.driver = driver
         self.core = _core
         self.serialize = _serialize
-        # chan: the pool's rings (inherited as fd), or another transport with
-        # the same verbs (the mpi backend's RankChannel)
+        # chan: the pool's rings (inherited as fd), or a channel attached
+        # otherwise (an MPI rank serving its node leader's rings)
         self.chan = _core.PoolChannel.attach_fd(fd) if chan is None else chan
         self.limit = self.chan.max_payload // 2
         self.fns: dict[int, object] = {}
@@ -257,6 +257,10 @@ class Worker:
             self.done = 0
         if "sys_path" in msg:
             sys.path[:] = msg["sys_path"]
+        if msg.get("inline"):
+            # A worker of an MPI node: results go to a root that may be on
+            # another node, so their buffers stay in band (no shared segment).
+            self.dumps = self.serialize.dumps_in_band
         if msg.get("authkey"):
             _use_authkey(msg["authkey"])
         if msg.get("cancel"):

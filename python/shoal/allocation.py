@@ -123,8 +123,24 @@ def allocation() -> Allocation:
     return Allocation.detect()
 
 
+#: Overrides the default worker count (``shoal scale`` sets it for each run).
+WORKERS_VARIABLE = "SHOAL_WORKERS"
+
+
 def default_workers() -> int:
-    """How many workers shoal starts by default: the CPUs this job may use, at least 1."""
+    """How many workers shoal starts by default: ``SHOAL_WORKERS`` if it is
+    set (a positive integer; ``shoal scale`` sets it), else the CPUs this job
+    may use, at least 1."""
+    value = os.environ.get(WORKERS_VARIABLE, "").strip()
+    if value:
+        try:
+            n = int(value)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"{WORKERS_VARIABLE}={value!r}: expected a positive integer, the "
+                             f"default worker count (unset it to use the CPUs of this job)")
+        return n
     return max(1, allocation().cpus)
 
 

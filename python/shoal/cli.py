@@ -11,6 +11,54 @@ import sys
 DESCRIPTION = "shoal: parallel computing for Python with a C++ engine."
 
 
+# ---------------------------------------------------------------- shoal report, shoal scale
+
+def _add_report_parsers(sub: argparse._SubParsersAction) -> None:
+    # the usage line lists every command, whichever were added before or after these
+    sub.metavar = None
+    p_report = sub.add_parser("report", help="summary and verdict of a monitor file; HTML, PNG, trace",
+                              description="The summary of a monitor file (shoal.monitor(...) or "
+                              "'shoal run --monitor'): CPU efficiency, workers, tasks, memory, GPU, "
+                              "one verdict and what to change; optionally a self-contained HTML page, "
+                              "a PNG and a Perfetto/chrome://tracing trace.")
+    p_report.add_argument("file", help="the monitor file (run.shoal)")
+    p_report.add_argument("--html", metavar="PATH", help="write a self-contained HTML report")
+    p_report.add_argument("--png", metavar="PATH", help="write the figures as a PNG")
+    p_report.add_argument("--trace", metavar="PATH",
+                          help="write a gzipped Trace Event JSON (run.json.gz) for ui.perfetto.dev")
+    p_report.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                          help="colour the summary (default: on a terminal)")
+    p_report.add_argument("--json", action="store_true",
+                          help="print the figures and findings as JSON instead of the summary")
+
+    p_scale = sub.add_parser("scale", help="time a script at several worker counts: speedup, Amdahl fit",
+                             description="Runs 'python SCRIPT ARGS' in a fresh process at each worker "
+                             "count, with SHOAL_WORKERS set (shoal.default_workers() and Pool() "
+                             "return it), and prints the median time, speedup and efficiency of "
+                             "each count, the fastest and the most efficient one, and an Amdahl fit. "
+                             "In a SLURM job, counts above the CPUs given are skipped unless "
+                             "--oversubscribe.")
+    p_scale.add_argument("--workers", metavar="LIST",
+                         help="comma-separated worker counts (default: 1, 2, 4, ... up to the CPUs given)")
+    p_scale.add_argument("--repeats", type=int, default=3, help="runs per count; the median counts (default: 3)")
+    p_scale.add_argument("--png", metavar="PATH", help="write speedup vs workers, with the ideal line")
+    p_scale.add_argument("--oversubscribe", action="store_true",
+                         help="in a SLURM job, also run the counts above the CPUs given")
+    p_scale.add_argument("script", help="the Python script; it sizes its pool with shoal.default_workers()")
+    p_scale.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the script")
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from .monitor import _report
+
+    if args.command == "report":
+        color = {"auto": None, "always": True, "never": False}[args.color]
+        return _report.report_main(args.file, html=args.html, png=args.png, trace=args.trace, color=color,
+                                   as_json=args.json)
+    return _report.scale_main(args.script, args.args, workers=args.workers, repeats=args.repeats,
+                              png=args.png, oversubscribe=args.oversubscribe)
+
+
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -25,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
                             "the thread pools inside libraries; then warnings where a setting "
                             "wastes or oversubscribes the allocation.")
     p_info.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_report_parsers(sub)
 
     p_demo = sub.add_parser("demo", help="shoal's main job: the 2D integration on every backend",
                             description="The 2D integration of sin(x+y) over [0, pi]^2, serial "
@@ -90,6 +139,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command in ("report", "scale"):
+        return _run_report(args)
     if args.command == "info":
         from . import info
 

@@ -129,6 +129,16 @@ def _memory_line(mem: dict[str, Any]) -> str:
     return text
 
 
+def _default_workers(alloc: Allocation) -> int:
+    """shoal.default_workers(): SHOAL_WORKERS when set (and valid), else the CPUs."""
+    from .allocation import default_workers
+
+    try:
+        return default_workers()
+    except ValueError:
+        return max(1, alloc.cpus)
+
+
 def report() -> dict[str, Any]:
     """The full report as a JSON-ready dict (what ``shoal info --json`` prints)."""
     from . import __version__
@@ -143,7 +153,7 @@ def report() -> dict[str, Any]:
         "host": platform.node(),
         "cpus": alloc.cpus,
         "cpus_source": alloc.cpus_source,
-        "default_workers": max(1, alloc.cpus),
+        "default_workers": _default_workers(alloc),
         "os_cpu_count": cpu_count,
         "allocation": alloc.to_dict(),
         "topology": topo.to_dict(),
@@ -194,7 +204,8 @@ def _text(r: dict[str, Any]) -> str:
     lines = [f"shoal {r['shoal_version']} (Python {r['python']}) on {r['host']}", ""]
     lines.append(f"CPUs this process may use: {r['cpus']}")
     lines.append(f"  decided by                {r['cpus_source']}")
-    lines.append(f"  shoal.default_workers()   {r['default_workers']}")
+    lines.append(f"  shoal.default_workers()   {r['default_workers']}"
+                 + ("   (SHOAL_WORKERS)" if os.environ.get("SHOAL_WORKERS", "").strip() else ""))
     lines.append("  limits considered:")
     for s in a["sources"]:
         lines.append(f"    {s['cpus']:>4}  {s['name']:<24} {s['detail']}")

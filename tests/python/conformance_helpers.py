@@ -258,18 +258,20 @@ import pytest as _pytest
 # exist only there.
 BACKENDS = os.environ.get("SHOAL_TEST_BACKENDS", "processes,threads").split(",")
 
-#: what the mpi backend does not offer (a rank cannot be killed and replaced)
+#: what the mpi backend does not offer (yet: the root does not see when a
+#: node's worker starts a task, and a rank that serves cannot be replaced)
 NOT_ON_MPI = {"timeout": "per-task time limits", "kill": "killing a worker",
               "max_tasks": "max_tasks_per_worker", "cancel_running": "cancelling a running task",
               "driver": "driver in a fresh process (outside the MPI job: test_mpi.py starts "
                         "such drivers with mpirun)"}
 
 
-def serving_ranks():
-    """The serving ranks of the mpi backend's job (under python -m shoal.mpi)."""
+def mpi_workers():
+    """The workers of the mpi backend's job (under python -m shoal.mpi): a
+    leader's worker processes and the other ranks of every node."""
     import shoal.mpi
 
-    return shoal.mpi.current()[0].Get_size() - 1
+    return len(shoal.mpi.layout().slots)
 
 
 def need_workers(pool_or_executor, n=2):

@@ -585,10 +585,10 @@ def test_max_workers_error_and_attribute_match_concurrent_futures(backend, bad):
     assert str(ours.value) == str(std.value) == "max_workers must be greater than 0"
     with shoal.Executor(3, backend=backend) as e:
         # dask (and others) read it; the mpi backend has at most its serving ranks
-        assert e._max_workers == e.workers == (3 if backend != "mpi" else min(3, h.serving_ranks()))
+        assert e._max_workers == e.workers == (3 if backend != "mpi" else min(3, h.mpi_workers()))
     with shoal.Executor(backend=backend) as e:
         assert e._max_workers == (shoal.default_workers() if backend != "mpi" else
-                                  h.serving_ranks())
+                                  h.mpi_workers())
 
 
 def test_kwargs_named_fn_and_timeout_reach_the_function(ex):

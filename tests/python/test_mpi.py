@@ -71,8 +71,8 @@ def square(x):
 
 def where(_):
     import os, time
-    time.sleep(0.005)  # long enough that no rank can take every item alone
-    return os.environ.get("OMPI_COMM_WORLD_RANK")
+    time.sleep(0.005)  # long enough that no worker can take every item alone
+    return os.getpid()
 
 with shoal.Pool(backend="mpi") as pool:
     out = pool.map(square, range(1000))
@@ -81,19 +81,33 @@ with shoal.Pool(backend="mpi") as pool:
 with shoal.Executor(backend="mpi") as ex:
     futs = [ex.submit(pow, 2, i) for i in range(10)]
     pw = [f.result() for f in futs]
-print(json.dumps({"ok": out == [i * i for i in range(1000)], "ranks": ranks, "lam": lam,
-                  "pw": pw, "workers": pool.workers}))
+import os
+from shoal.mpi import layout
+nodes = [[n.ranks, n.spawned] for n in layout().nodes]
+print(json.dumps({"ok": out == [i * i for i in range(1000)], "pids": ranks, "lam": lam,
+                  "pw": pw, "workers": pool.workers, "nodes": nodes, "root": os.getpid()}))
 """
 
 
-@pytest.mark.parametrize("n", [2, 3, 5])
-def test_python_m_shoal_mpi_runs_the_script_on_rank_0_and_every_other_rank_serves(tmp_path, n):
-    r = mpirun(n, sys.executable, "-m", "shoal.mpi", script(tmp_path, POOL_SCRIPT))
+@pytest.mark.parametrize("n,node_size,nodes", [(2, 0, 1), (3, 0, 1), (5, 0, 1), (5, 2, 2),
+                                               (4, 1, 3)])
+def test_python_m_shoal_mpi_runs_the_script_on_rank_0_and_every_worker_serves(
+        tmp_path, n, node_size, nodes):
+    env = {**mpi_env(), "SHOAL_MPI_NODE_SIZE": str(node_size)}
+    r = mpirun(n, "-x", "SHOAL_MPI_NODE_SIZE", sys.executable, "-m", "shoal.mpi",
+               script(tmp_path, POOL_SCRIPT), env=env)
     out = last_json(r)
     assert out["ok"] and out["lam"] == [1, 2, 3, 4, 5]
     assert out["pw"] == [2 ** i for i in range(10)]
-    assert out["workers"] == n - 1
-    assert out["ranks"] == [str(i) for i in range(1, n)]  # every serving rank took tasks
+    # the serving ranks 1..n-1 in `nodes` (virtual) nodes, each led by its first
+    assert [ranks for ranks, _ in out["nodes"]] == \
+        [list(range(1, n))[i:i + (node_size or n)] for i in range(0, n - 1, node_size or n)]
+    assert len(out["nodes"]) == nodes
+    # every worker: a leader's worker processes, the other ranks
+    assert out["workers"] == sum(spawned + len(ranks) - 1 for ranks, spawned in out["nodes"])
+    assert all(spawned >= 1 for _, spawned in out["nodes"])
+    assert len(out["pids"]) == out["workers"]  # every worker took tasks
+    assert out["root"] not in out["pids"]
 
 
 def test_one_rank_is_a_clear_error(tmp_path):
@@ -170,8 +184,20 @@ MPI.COMM_WORLD.Barrier()                    # every rank gets here: the serving 
 
 
 def test_mpi_comm_executor_in_a_script_every_rank_runs(tmp_path):
+    # SHOAL_MPI_LEADER_WORKERS=0: the node's leader (rank 1) only routes, and
+    # the tasks run on the other ranks, in the job's MPI.
+    env = {**mpi_env(), "SHOAL_MPI_LEADER_WORKERS": "0"}
+    r = mpirun(4, "-x", "SHOAL_MPI_LEADER_WORKERS", sys.executable,
+               script(tmp_path, COMM_EXECUTOR), env=env)
+    assert last_json(r) == [2, 3]
+
+
+def test_a_task_in_a_leaders_worker_process_gets_an_mpi_of_its_own(tmp_path):
+    # The worker processes a leader spawns are not ranks of the job: a task
+    # there that uses mpi4py gets a singleton MPI (rank 0 of 1), not an
+    # error; the node's other rank (2) answers with its rank in the job.
     r = mpirun(3, sys.executable, script(tmp_path, COMM_EXECUTOR))
-    assert last_json(r) == [1, 2]
+    assert last_json(r) == [0, 2]
 
 
 REMOTE_ERROR = """
@@ -247,10 +273,73 @@ def test_a_rank_killed_mid_job_ends_the_job_promptly_and_leaves_nothing(tmp_path
     assert time.monotonic() - t0 < 100  # never a hang (the pytest timeout is the backstop)
     text = r.stdout + r.stderr
     assert "rank 2" in text or "rank=2" in text, text
+    # shoal's root says what the job's workers still held, and where they are
+    assert "shoal: the MPI job is being ended" in text and " on " in text, text
     time.sleep(1)
     assert set(shm_orphans()) <= before
     ps = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
     assert ps.stdout.strip() == "", ps.stdout
+
+
+WORKER_DIES = """
+import json, os, signal, sys, time
+import shoal
+
+def spawned():
+    # a worker process of a leader (not a rank: no launcher variables)
+    return "OMPI_COMM_WORLD_RANK" not in os.environ
+
+def die_on(x):
+    if x == 3 and spawned():
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.01)
+    return x
+
+def die_once(path):
+    if spawned() and not os.path.exists(path):
+        open(path, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "ran again"
+
+def pid(_):
+    time.sleep(0.01)
+    return os.getpid() if spawned() else 0
+
+out = {}
+with shoal.Pool(backend="mpi") as pool:
+    pids = set(pool.map(pid, range(40), chunksize=1)) - {0}
+    try:
+        pool.map(die_on, range(8), chunksize=1)
+        out["lost"] = None
+    except shoal.WorkerLost as exc:
+        out["lost"] = str(exc)
+    out["after"] = pool.map(abs, [-1, -2, -3])
+    pids |= set(pool.map(pid, range(40), chunksize=1)) - {0}
+with shoal.Pool(backend="mpi", retries=1) as pool:
+    out["retried"] = pool.apply(die_once, (sys.argv[1],))
+    pids |= set(pool.map(pid, range(40), chunksize=1)) - {0}
+out["pids"] = sorted(pids)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_a_worker_process_under_a_rank_dies_fails_or_retries_its_task(tmp_path, n):
+    before = set(shm_orphans())
+    env = {**mpi_env(), "SHOAL_MPI_LEADER_WORKERS": "2"}
+    r = mpirun(n, "-x", "SHOAL_MPI_LEADER_WORKERS", sys.executable, "-m", "shoal.mpi",
+               script(tmp_path, WORKER_DIES), str(tmp_path / "marker"), env=env)
+    out = last_json(r)
+    # the task it ran fails with WorkerLost naming the worker, its rank and host
+    assert out["lost"] is not None and "killed by SIGKILL" in out["lost"], out
+    assert "worker process" in out["lost"] and "of rank 1 on" in out["lost"], out
+    assert "task" in out["lost"] and "die_on" in out["lost"], out
+    assert out["after"] == [1, 2, 3]          # the pool lives on, with a replacement
+    assert out["retried"] == "ran again"      # retries=1: it ran again elsewhere
+    assert len(out["pids"]) >= 3              # 2 workers, then at least one replacement
+    time.sleep(0.5)
+    assert not [p for p in out["pids"] if os.path.exists(f"/proc/{p}")]  # all gone
+    assert set(shm_orphans()) <= before
 
 
 def test_ctrl_c_of_mpirun_leaves_no_process(tmp_path):

@@ -33,6 +33,7 @@ __all__ = ["MPIPoolExecutor", "MPICommExecutor", "MPIError", "main", "world"]
 # MPICommExecutor on every rank (None: this process does not run under them).
 _comm = None
 _root = 0
+_layout = None  # where the workers are (_mpi_transport.Layout), on every rank
 
 
 def world(comm: Any = None):
@@ -65,6 +66,28 @@ def current() -> tuple[Any, int]:
     return _comm, _root
 
 
+def layout():
+    """Where the workers of this MPI job are (a _mpi_transport.Layout)."""
+    current()
+    return _layout
+
+
+def _serve_or_lead(comm, root: int):
+    """Collective: finds the nodes; on a serving rank, serves until the root
+    says goodbye and returns 0; on the root, returns None."""
+    global _layout
+    from .. import _mpi_node
+
+    lay, node_comm = _t.discover(comm, root)
+    _layout = lay
+    if comm.Get_rank() == root:
+        return None
+    try:
+        return _mpi_node.serve(comm, lay, node_comm)
+    finally:
+        node_comm.Free()
+
+
 def main(argv: list[str]) -> int:
     """``python -m shoal.mpi script.py [args]`` on every rank."""
     global _comm, _root
@@ -78,8 +101,10 @@ def main(argv: list[str]) -> int:
         print(f"shoal.mpi: {exc}", file=sys.stderr)
         return 2
     _comm, _root = comm, 0
-    if comm.Get_rank() != 0:
-        return _t.serve(comm, 0)
+    if comm.Get_size() > 1:
+        served = _serve_or_lead(comm, 0)
+        if served is not None:
+            return served
     import signal
 
     from .. import _backend_mpi
@@ -120,7 +145,8 @@ def _finish_root(comm) -> None:
     from .. import _backend_mpi
 
     _backend_mpi.close_all()
-    _t.say_bye(comm)
+    if _layout is not None:
+        _t.say_bye(comm, _layout)
 
 
 class MPIPoolExecutor(Executor):
@@ -135,7 +161,7 @@ class MPIPoolExecutor(Executor):
     def __init__(self, max_workers: int | None = None, initializer: Callable | None = None,
                  initargs: tuple = (), **kwargs: Any) -> None:
         comm, _ = current()
-        available = comm.Get_size() - 1
+        available = len(layout().slots)
         if max_workers is not None and (isinstance(max_workers, bool) or
                                         not isinstance(max_workers, int) or max_workers < 1):
             raise ValueError("max_workers must be greater than 0")
@@ -195,8 +221,7 @@ class MPICommExecutor:
             raise ValueError(f"root {self._root} is not a rank of this communicator "
                              f"(size {comm.Get_size()})")
         self._comm = comm
-        if comm.Get_rank() != self._root:
-            _t.serve(comm, self._root)
+        if comm.Get_size() > 1 and _serve_or_lead(comm, self._root) is not None:
             return None
         _comm, _root = comm, self._root
         self._executor = MPIPoolExecutor(**self._kwargs)
@@ -206,7 +231,8 @@ class MPICommExecutor:
         global _comm
         if self._executor is not None:
             self._executor.shutdown(wait=exc[0] is None, cancel_futures=exc[0] is not None)
-            _t.say_bye(self._comm, self._root)
+            if _layout is not None:
+                _t.say_bye(self._comm, _layout)
             _comm = None
         if self._comm is not None:
             self._comm.Free()
