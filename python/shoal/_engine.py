@@ -451,8 +451,12 @@ class Engine:
         # memory only for a channel whose workers can attach them.
         from .monitor import _session
 
-        self.mon = _session.recorder(type(self).__module__.rsplit("_", 1)[-1], workers,
-                                     hasattr(chan, "attach_monitor"))
+        rings = hasattr(chan, "attach_monitor")
+        self.mon = _session.recorder(type(self).__module__.rsplit("_", 1)[-1], workers, rings)
+        # Workers that record nothing themselves (a transport without the
+        # monitor's rings: the mpi backend): the ledger records each result
+        # as it arrives (its end: then; its start: unknown).
+        self.mon_ends = self.mon is not None and not rings
 
     def _start_collector(self) -> None:
         """The thread that runs passes while no caller does (see _collector)."""
@@ -1277,6 +1281,8 @@ class Engine:
                     fast.append((task, data))  # the common case, see below
                 else:
                     done.append((task, kind, flags, data))
+            if self.mon_ends:
+                self._record_ends(s, frames)
             if results:
                 if s.busy:  # it worked from its previous result to now
                     s.pace = (now - s.last_result) / results
@@ -1290,6 +1296,12 @@ class Engine:
                     else:
                         short_fns.discard(task.fn_id)
         return nframes
+
+    def _record_ends(self, s: _Slot, frames: list) -> None:
+        outcome = self.mon.outcome
+        for tid, kind, _flags, _data in frames:
+            if tid and (kind == RESULT or kind == FAILURE):
+                outcome(tid, 0 if kind == RESULT else _M_RAISED, 0, -1, s.pid, s.index)
 
     def _control(self, s: _Slot, kind: int, data: bytes, done: list) -> None:
         if kind == CONTROL:

@@ -70,14 +70,16 @@ static void bind(nb::module_& m) {
       .def_prop_ro("ticks", &Sampler::ticks)
       .def(
           "submit",
-          [](Sampler& s, std::uint16_t pool, std::uint64_t task, std::uint32_t fn,
+          // fn: the pool's function id; its low 32 bits are recorded (the
+          // mpi backend's ids carry an epoch above bit 40)
+          [](Sampler& s, std::uint16_t pool, std::uint64_t task, std::uint64_t fn,
              std::int64_t nbytes) {
             DriverEvent ev;
             ev.kind = driver_submit;
             ev.task = task;
             ev.t = static_cast<std::int64_t>(detail::monotonic_ns());
             ev.aux = nbytes;
-            ev.a = fn;
+            ev.a = static_cast<std::uint32_t>(fn);
             ev.pool = pool;
             s.driver_event(ev);
           },
@@ -85,13 +87,13 @@ static void bind(nb::module_& m) {
       .def(
           "submit_range",
           [](Sampler& s, std::uint16_t pool, std::uint64_t first, std::int64_t count,
-             std::uint32_t fn) {
+             std::uint64_t fn) {
             DriverEvent ev;
             ev.kind = driver_range;
             ev.task = first;
             ev.t = static_cast<std::int64_t>(detail::monotonic_ns());
             ev.aux = count;
-            ev.a = fn;
+            ev.a = static_cast<std::uint32_t>(fn);
             ev.pool = pool;
             s.driver_event(ev);
           },
@@ -112,18 +114,20 @@ static void bind(nb::module_& m) {
           nb::arg("pool"), nb::arg("first"), nb::arg("count"), nb::arg("nbytes"))
       .def(
           "outcome",
+          // pid, slot: whatever the transport calls them (the mpi backend's
+          // may not be process ids); out of the record's range: none
           [](Sampler& s, std::uint16_t pool, std::uint64_t task, std::uint8_t outcome,
-             std::uint8_t attempt, std::int64_t start, std::uint32_t pid, std::uint16_t slot) {
+             std::int64_t attempt, std::int64_t start, std::int64_t pid, std::int64_t slot) {
             DriverEvent ev;
             ev.kind = driver_outcome;
             ev.task = task;
             ev.t = static_cast<std::int64_t>(detail::monotonic_ns());
             ev.aux = start;
             ev.outcome = outcome;
-            ev.attempt = attempt;
-            ev.pid = pid;
+            ev.attempt = static_cast<std::uint8_t>(attempt < 0 ? 0 : attempt > 255 ? 255 : attempt);
+            ev.pid = pid > 0 && pid <= 0xFFFFFFFF ? static_cast<std::uint32_t>(pid) : 0;
             ev.pool = pool;
-            ev.slot = slot;
+            ev.slot = slot >= 0 && slot < 0xFFFF ? static_cast<std::uint16_t>(slot) : 0xFFFF;
             s.driver_event(ev);
           },
           nb::arg("pool"), nb::arg("task"), nb::arg("outcome"), nb::arg("attempt"),

@@ -8,6 +8,7 @@ driver's side, or a clock in the wrong unit, lands far outside)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -373,3 +374,34 @@ def test_a_full_disk_warns_once_and_the_job_goes_on(tmp_path):
     assert path.stat().st_size <= 30000
     run = shoal.monitor.load(path)
     assert run.truncated
+
+
+@pytest.mark.skipif(not (shutil.which("mpirun") or shutil.which("mpiexec")), reason="no mpirun")
+def test_the_mpi_backend_records_its_ledger_on_rank_0(tmp_path):
+    """Under mpirun with SHOAL_MONITOR set on every rank, rank 0 (the driver)
+    records; the serving ranks do not touch the file. The ledger's records
+    of each result (the ranks' workers attach no rings) make the tasks."""
+    path = tmp_path / "mpi.shoal"
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent("""
+        import shoal
+        def sq(x):
+            return x * x
+        with shoal.Pool(backend="mpi") as pool:
+            assert pool.map(sq, range(300), chunksize=1) == [x * x for x in range(300)]
+    """))
+    env = _env()
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OMPI_MCA_rmaps_base_oversubscribe="1", SHOAL_MONITOR=str(path))
+    env.pop("PYTHONWARNINGS", None)
+    mpirun = shutil.which("mpirun") or shutil.which("mpiexec")
+    r = subprocess.run([mpirun, "--oversubscribe", "-n", "3", "-x", "SHOAL_MONITOR", sys.executable,
+                        "-m", "shoal.mpi", str(script)], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    run = shoal.monitor.load(path)
+    assert run.truncated == ""
+    assert "mpi" in run.meta["backends"]
+    t = run.tasks
+    assert len(t) == 300 and (t["outcome"] == OK).all()
+    assert (t["end"] >= t["submit"]).all() and (t["submit"] >= 0).all()

@@ -8,8 +8,9 @@ What each side wrote, joined here by (pool, task id, attempt):
                         frame: bytes of a Batch frame         outcome: lost, timed out,
                                                               cancelled, retried (+ start)
 
-A task's id in the Run is (pool - 1) << 40 | its pool's id: the first pool's
-tasks keep their own ids. A task that was submitted and never ended (the job
+A task's id in the Run is (pool - 1) << 48 | its pool's id (its low 48 bits;
+the mpi backend's ids carry an epoch from bit 40): the first pool's tasks
+keep their own ids. A task that was submitted and never ended (the job
 died first: the file has no end chunk) is a LOST row with end -1.
 """
 
@@ -75,8 +76,12 @@ def _records(parts: list, dtype: np.dtype) -> np.ndarray:
     return np.frombuffer(b"".join(parts), dtype)
 
 
+_LOW48 = np.uint64((1 << 48) - 1)
+
+
 def _key(pool: np.ndarray, task: np.ndarray) -> np.ndarray:
-    return ((pool.astype(np.uint64) - np.uint64(1)) << np.uint64(40)) | task.astype(np.uint64)
+    return ((pool.astype(np.uint64) - np.uint64(1)) << np.uint64(48)) | \
+        (task.astype(np.uint64) & _LOW48)
 
 
 def _wkey(pool, slot, pid) -> np.ndarray:

@@ -64,7 +64,8 @@ class PoolRecorder:
         self._outcome(task, outcome, min(attempt, 255), start, pid, slot)
 
     def function(self, fn_id: int, name: str) -> None:
-        self.session.append(FUNCTIONS, [[self.pool, fn_id, name]])
+        # (the low 32 bits, as the submit records keep them: bind_monitor.cpp)
+        self.session.append(FUNCTIONS, [[self.pool, fn_id & 0xFFFFFFFF, name]])
 
     def fn_id(self, fn: Any, args: tuple = ()) -> int:
         """The threads backend's number for fn (the processes backend has its
@@ -267,8 +268,18 @@ def start_from_env() -> None:
     The variable is removed, so that the workers and child processes this
     job starts do not record over the same file."""
     path = os.environ.pop("SHOAL_MONITOR", "")
-    if path:
+    if path and _launch_rank() == 0:  # under mpirun/srun: the driver (rank 0) records
         start(path)  # stopped at exit (below)
+
+
+def _launch_rank() -> int:
+    """This process's rank as the launcher numbered it (Open MPI, MPICH/PMI,
+    PMIx, SLURM's srun), 0 outside a launcher."""
+    for var in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"):
+        value = os.environ.get(var, "")
+        if value.isdigit():
+            return int(value)
+    return 0
 
 
 def _in_child() -> None:
