@@ -134,6 +134,52 @@ bool RingWriter::record(std::uint64_t task, std::int64_t start_ns, std::uint64_t
   return region_->rings.record(slot_, ev);
 }
 
+void PoolLog::put(DriverEvent& ev) const {
+  ev.t = static_cast<std::int64_t>(detail::monotonic_ns());
+  ev.pool = pool_;
+  sampler_->driver_event(ev);
+}
+
+void PoolLog::submit(std::uint64_t task, std::uint64_t fn, std::int64_t nbytes) const {
+  DriverEvent ev;
+  ev.kind = driver_submit;
+  ev.task = task;
+  ev.aux = nbytes;
+  ev.a = static_cast<std::uint32_t>(fn);
+  put(ev);
+}
+
+void PoolLog::submit_range(std::uint64_t first, std::int64_t count, std::uint64_t fn) const {
+  DriverEvent ev;
+  ev.kind = driver_range;
+  ev.task = first;
+  ev.aux = count;
+  ev.a = static_cast<std::uint32_t>(fn);
+  put(ev);
+}
+
+void PoolLog::frame(std::uint64_t first, std::uint32_t count, std::int64_t nbytes) const {
+  DriverEvent ev;
+  ev.kind = driver_frame;
+  ev.task = first;
+  ev.aux = nbytes;
+  ev.a = count;
+  put(ev);
+}
+
+void PoolLog::outcome(std::uint64_t task, std::uint8_t outcome, std::int64_t attempt,
+                      std::int64_t start, std::int64_t pid, std::int64_t slot) const {
+  DriverEvent ev;
+  ev.kind = driver_outcome;
+  ev.task = task;
+  ev.aux = start;
+  ev.outcome = outcome;
+  ev.attempt = static_cast<std::uint8_t>(attempt < 0 ? 0 : attempt > 255 ? 255 : attempt);
+  ev.pid = pid > 0 && pid <= 0xFFFFFFFF ? static_cast<std::uint32_t>(pid) : 0;
+  ev.slot = slot >= 0 && slot < 0xFFFF ? static_cast<std::uint16_t>(slot) : 0xFFFF;
+  put(ev);
+}
+
 Sampler::Sampler(Options options)
     : options_(std::move(options)),
       writer_(options_.path),

@@ -60,11 +60,11 @@ def bench_record_call(tmp: str, n: int, repeats: int) -> tuple[float, float]:
         for i in range(k):
             clock()
 
-    sub = s.submit
+    sub = s.pool_log(1).submit
 
     def with_submit(k: int) -> None:
         for i in range(k):
-            sub(1, i, 1, 100)
+            sub(i, 1, 100)
         s.tick()  # (timed: the sampler's share of a submit record, written to the file)
 
     got = _median_ns_per_call(with_record, n, repeats)

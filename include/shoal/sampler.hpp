@@ -107,6 +107,28 @@ class RingWriter {
   std::uint16_t slot_;
 };
 
+class Sampler;
+
+// One pool's ledger events, stamped with the pool's number and the time
+// (the driver's side; any thread). Each call is one DriverEvent.
+class PoolLog {
+ public:
+  PoolLog(Sampler& sampler, std::uint16_t pool) noexcept : sampler_(&sampler), pool_(pool) {}
+  // fn: the pool's function id (its low 32 bits are recorded).
+  void submit(std::uint64_t task, std::uint64_t fn, std::int64_t nbytes) const;
+  void submit_range(std::uint64_t first, std::int64_t count, std::uint64_t fn) const;
+  void frame(std::uint64_t first, std::uint32_t count, std::int64_t nbytes) const;
+  // pid, slot: the worker it ran on, as the transport names it (out of the
+  // record's range: none); start -1 if unknown.
+  void outcome(std::uint64_t task, std::uint8_t outcome, std::int64_t attempt, std::int64_t start,
+               std::int64_t pid, std::int64_t slot) const;
+
+ private:
+  void put(DriverEvent& ev) const;
+  Sampler* sampler_;
+  std::uint16_t pool_;
+};
+
 class Sampler {
  public:
   struct Options {

@@ -22,6 +22,14 @@ static void bind(nb::module_& m) {
            nb::arg("bytes_out"), nb::arg("outcome"),
            "Records a task that began at start_ns and ends now; False if its ring was full.");
 
+  nb::class_<PoolLog>(m, "MonitorPoolLog")
+      .def("submit", &PoolLog::submit, nb::arg("task"), nb::arg("fn"), nb::arg("nbytes"))
+      .def("submit_range", &PoolLog::submit_range, nb::arg("first"), nb::arg("count"),
+           nb::arg("fn"))
+      .def("frame", &PoolLog::frame, nb::arg("first"), nb::arg("count"), nb::arg("nbytes"))
+      .def("outcome", &PoolLog::outcome, nb::arg("task"), nb::arg("outcome"), nb::arg("attempt"),
+           nb::arg("start"), nb::arg("pid"), nb::arg("slot"));
+
   nb::class_<Sampler>(m, "MonitorSampler")
       .def(
           "__init__",
@@ -69,70 +77,6 @@ static void bind(nb::module_& m) {
       .def_prop_ro("thread_cpu_ns", &Sampler::thread_cpu_ns)
       .def_prop_ro("ticks", &Sampler::ticks)
       .def(
-          "submit",
-          // fn: the pool's function id; its low 32 bits are recorded (the
-          // mpi backend's ids carry an epoch above bit 40)
-          [](Sampler& s, std::uint16_t pool, std::uint64_t task, std::uint64_t fn,
-             std::int64_t nbytes) {
-            DriverEvent ev;
-            ev.kind = driver_submit;
-            ev.task = task;
-            ev.t = static_cast<std::int64_t>(detail::monotonic_ns());
-            ev.aux = nbytes;
-            ev.a = static_cast<std::uint32_t>(fn);
-            ev.pool = pool;
-            s.driver_event(ev);
-          },
-          nb::arg("pool"), nb::arg("task"), nb::arg("fn"), nb::arg("nbytes"))
-      .def(
-          "submit_range",
-          [](Sampler& s, std::uint16_t pool, std::uint64_t first, std::int64_t count,
-             std::uint64_t fn) {
-            DriverEvent ev;
-            ev.kind = driver_range;
-            ev.task = first;
-            ev.t = static_cast<std::int64_t>(detail::monotonic_ns());
-            ev.aux = count;
-            ev.a = static_cast<std::uint32_t>(fn);
-            ev.pool = pool;
-            s.driver_event(ev);
-          },
-          nb::arg("pool"), nb::arg("first"), nb::arg("count"), nb::arg("fn"))
-      .def(
-          "frame",
-          [](Sampler& s, std::uint16_t pool, std::uint64_t first, std::uint32_t count,
-             std::int64_t nbytes) {
-            DriverEvent ev;
-            ev.kind = driver_frame;
-            ev.task = first;
-            ev.t = static_cast<std::int64_t>(detail::monotonic_ns());
-            ev.aux = nbytes;
-            ev.a = count;
-            ev.pool = pool;
-            s.driver_event(ev);
-          },
-          nb::arg("pool"), nb::arg("first"), nb::arg("count"), nb::arg("nbytes"))
-      .def(
-          "outcome",
-          // pid, slot: whatever the transport calls them (the mpi backend's
-          // may not be process ids); out of the record's range: none
-          [](Sampler& s, std::uint16_t pool, std::uint64_t task, std::uint8_t outcome,
-             std::int64_t attempt, std::int64_t start, std::int64_t pid, std::int64_t slot) {
-            DriverEvent ev;
-            ev.kind = driver_outcome;
-            ev.task = task;
-            ev.t = static_cast<std::int64_t>(detail::monotonic_ns());
-            ev.aux = start;
-            ev.outcome = outcome;
-            ev.attempt = static_cast<std::uint8_t>(attempt < 0 ? 0 : attempt > 255 ? 255 : attempt);
-            ev.pid = pid > 0 && pid <= 0xFFFFFFFF ? static_cast<std::uint32_t>(pid) : 0;
-            ev.pool = pool;
-            ev.slot = slot >= 0 && slot < 0xFFFF ? static_cast<std::uint16_t>(slot) : 0xFFFF;
-            s.driver_event(ev);
-          },
-          nb::arg("pool"), nb::arg("task"), nb::arg("outcome"), nb::arg("attempt"),
-          nb::arg("start"), nb::arg("pid"), nb::arg("slot"))
-      .def(
           "native",
           [](Sampler& s, std::uint32_t call, std::int64_t start, std::int64_t end,
              std::uint32_t thread, std::uint64_t busy) {
@@ -140,6 +84,9 @@ static void bind(nb::module_& m) {
           },
           nb::arg("call"), nb::arg("start"), nb::arg("end"), nb::arg("thread"), nb::arg("busy_ns"))
       .def("next_native_call", &Sampler::next_native_call)
+      .def(
+          "pool_log", [](Sampler& s, std::uint16_t pool) { return PoolLog(s, pool); },
+          nb::arg("pool"), nb::keep_alive<0, 1>(), "The ledger's recorder of pool `pool`.")
       .def("add_rings", &Sampler::add_rings, nb::arg("pool"), nb::arg("rings"), nb::arg("shared"))
       .def("thread_writer", &Sampler::thread_writer, nb::arg("pool"), nb::arg("slot"))
       .def(

@@ -38,9 +38,9 @@ def _warn(msg: str) -> None:
 
 
 class PoolRecorder:
-    """What one pool records through. Attributes are the Sampler's bound
-    methods with the pool's number already applied (functools.partial of a
-    C++ function: no Python frame per call)."""
+    """What one pool records through. submit, submit_range and frame are
+    bound methods of the pool's C++ PoolLog (shoal/sampler.hpp): no Python
+    frame per call."""
 
     def __init__(self, session: "Session", pool: int, kind: str, workers: int, shared: bool) -> None:
         s = session.sampler
@@ -48,10 +48,11 @@ class PoolRecorder:
         self.pool = pool
         self.kind = kind
         self.segment = s.add_rings(pool, workers, shared) if workers else ""
-        self.submit = functools.partial(s.submit, pool)              # (task, fn, nbytes)
-        self.submit_range = functools.partial(s.submit_range, pool)  # (first, count, fn)
-        self.frame = functools.partial(s.frame, pool)                # (first, count, nbytes)
-        self._outcome = functools.partial(s.outcome, pool)
+        log = s.pool_log(pool)
+        self.submit = log.submit              # (task, fn, nbytes)
+        self.submit_range = log.submit_range  # (first, count, fn)
+        self.frame = log.frame                # (first, count, nbytes)
+        self._outcome = log.outcome
         self.fns: dict[int, tuple[Any, int]] = {}  # id(fn) -> (weakref, fn id): threads backend
         self.fn_names: dict[str, int] = {}
         self.fn_ids = itertools.count(1)
@@ -61,7 +62,7 @@ class PoolRecorder:
 
     def outcome(self, task: int, outcome: int, attempt: int = 0, start: int = -1,
                 pid: int = 0, slot: int = NO_SLOT) -> None:
-        self._outcome(task, outcome, min(attempt, 255), start, pid, slot)
+        self._outcome(task, outcome, attempt, start, pid, slot)
 
     def function(self, fn_id: int, name: str) -> None:
         # (the low 32 bits, as the submit records keep them: bind_monitor.cpp)
