@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstring>
 #include <stdexcept>
+#include <vector>
 
 #include "shoal/check.hpp"
 
@@ -58,16 +59,14 @@ std::string shuffle_records(std::string_view in, std::size_t rs) {
   return out;
 }
 
-std::string delta_encode(std::string_view in, std::size_t rs) {
-  if (rs == 0 || rs % 8 != 0 || in.size() % rs != 0) return {};
+std::size_t delta_encode_into(std::string_view in, std::size_t rs, unsigned char* out) {
+  if (rs == 0 || rs % 8 != 0 || in.size() % rs != 0) return 0;
   const std::size_t words = rs / 8;
-  std::vector<std::uint64_t> prev(words, 0);
-  std::string out;
-  out.resize(in.size() / 8 * 10);  // the most a varint of 8 bytes takes
-  auto* o = reinterpret_cast<unsigned char*>(out.data());
+  std::uint64_t last[8192 / 8] = {};  // rs < 64 KiB is checked by the writer; 8 KiB here
+  if (words > sizeof last / sizeof last[0]) return 0;
+  unsigned char* o = out;
   const char* p = in.data();
   const char* const end = p + in.size();
-  std::uint64_t* const last = prev.data();
   for (; p != end; p += rs) {
     for (std::size_t k = 0; k < words; ++k) {
       std::uint64_t w;
@@ -82,7 +81,12 @@ std::string delta_encode(std::string_view in, std::size_t rs) {
       *o++ = static_cast<unsigned char>(z);
     }
   }
-  out.resize(static_cast<std::size_t>(o - reinterpret_cast<unsigned char*>(out.data())));
+  return static_cast<std::size_t>(o - out);
+}
+
+std::string delta_encode(std::string_view in, std::size_t rs) {
+  std::string out(in.size() / 8 * 10, '\0');
+  out.resize(delta_encode_into(in, rs, reinterpret_cast<unsigned char*>(out.data())));
   return out;
 }
 
@@ -163,51 +167,54 @@ bool MonitorWriter::append(ChunkType type, const void* data, std::size_t size,
                            std::size_t record_size) {
   if (size > monitor_max_chunk) return false;  // callers split bigger payloads
   std::string_view raw(static_cast<const char*>(data), size);
-  std::string transformed;
+  const bool records = record_size > 0 && record_size < 8192 && size % record_size == 0 && size > 0;
+  const bool delta = records && record_size % 8 == 0;
+  // The chunk is built in a buffer of this thread's that only grows: no
+  // allocation, no zero-filling per chunk (a tick's task events are
+  // megabytes), and one write(2) for the whole chunk.
+  thread_local std::vector<unsigned char> buf;
+  const std::size_t room = delta ? size / 8 * 10 : compressBound(static_cast<uLong>(size));
+  if (buf.size() < monitor_chunk_header_bytes + room) buf.resize(monitor_chunk_header_bytes + room);
+  unsigned char* const h = buf.data();
+  unsigned char* const payload = h + monitor_chunk_header_bytes;
   std::uint16_t shuffle = 0;
   std::uint16_t codec = 1;
-  if (record_size > 0 && record_size < 65536 && size % record_size == 0 && size > 0) {
+  std::size_t stored = 0;
+  if (delta) {
+    // Records of 64-bit words (ids, times, sizes): each word as the zigzag
+    // varint of its change since the record before, stored as is (zlib
+    // would halve them again at twice the sampler's CPU per record:
+    // measured ~40 ns to encode with allocation, ~70 to deflate).
     shuffle = static_cast<std::uint16_t>(record_size);
-    if (record_size % 8 == 0) {
-      // Records of 64-bit words (ids, times, sizes): each word as the zigzag
-      // varint of its difference from the same word of the record before,
-      // which takes 1-3 bytes for most; zlib then has about a fifth of the
-      // bytes to pack.
-      transformed = delta_encode(raw, record_size);
-      codec = 2;
-    } else {
-      transformed = shuffle_records(raw, record_size);
+    codec = 2;
+    stored = delta_encode_into(raw, record_size, payload);
+  } else {
+    std::string shuffled;
+    if (records) {
+      shuffled = shuffle_records(raw, record_size);
+      raw = shuffled;
+      shuffle = static_cast<std::uint16_t>(record_size);
     }
-    raw = transformed;
+    // zlib level 1: most of the ratio of level 6 at a third of the CPU.
+    uLongf got = static_cast<uLongf>(room);
+    if (compress2(payload, &got, reinterpret_cast<const Bytef*>(raw.data()),
+                  static_cast<uLong>(raw.size()), 1) == Z_OK &&
+        got < raw.size()) {
+      stored = got;
+    } else {
+      codec = 0;
+      shuffle = 0;
+      stored = size;
+      std::memcpy(payload, data, size);
+    }
   }
-  // zlib level 1: most of the ratio of level 6 at a third of the CPU, which
-  // the sampler thread pays.
-  std::string packed(monitor_chunk_header_bytes + compressBound(static_cast<uLong>(raw.size())),
-                     '\0');
-  uLongf stored = static_cast<uLongf>(packed.size() - monitor_chunk_header_bytes);
-  if (codec == 2) {
-    // The varints as they are: zlib would halve them again at twice the
-    // sampler's CPU per record (measured: ~40 ns to encode, ~70 to deflate).
-    stored = static_cast<uLongf>(raw.size());
-    std::memcpy(packed.data() + monitor_chunk_header_bytes, raw.data(), raw.size());
-  } else if (compress2(reinterpret_cast<Bytef*>(packed.data() + monitor_chunk_header_bytes),
-                       &stored, reinterpret_cast<const Bytef*>(raw.data()),
-                       static_cast<uLong>(raw.size()), 1) != Z_OK ||
-             stored >= raw.size()) {
-    codec = 0;
-    shuffle = 0;
-    raw = std::string_view(static_cast<const char*>(data), size);
-    stored = static_cast<uLongf>(raw.size());
-    std::memcpy(packed.data() + monitor_chunk_header_bytes, raw.data(), raw.size());
-  }
-  auto* h = reinterpret_cast<unsigned char*>(packed.data());
   put_u32(h, static_cast<std::uint32_t>(type));
   put_u32(h + 4, static_cast<std::uint32_t>(stored));
   put_u32(h + 8, static_cast<std::uint32_t>(size));
   put_u16(h + 12, shuffle);
   put_u16(h + 14, codec);
   uLong crc = crc32(0L, h, 16);
-  crc = crc32(crc, h + monitor_chunk_header_bytes, static_cast<uInt>(stored));
+  crc = crc32(crc, payload, static_cast<uInt>(stored));
   put_u32(h + 16, static_cast<std::uint32_t>(crc));
   std::lock_guard<std::mutex> lock(mu_);
   if (fd_ < 0 || !error_.empty() || ::getpid() != owner_pid_) return false;

@@ -211,6 +211,9 @@ void Sampler::start() {
   SHOAL_CHECK(!thread_.joinable(), "the monitor's sampler is already running");
   sample(static_cast<std::int64_t>(detail::monotonic_ns()));  // the baseline of every rate
   thread_ = std::thread([this] { run(); });
+  // Named from here too, so that a fork check right after start() (the
+  // processes backend's _can_fork reads /proc/self/task/*/comm) sees it.
+  ::pthread_setname_np(thread_.native_handle(), "shoal-monitor");
 }
 
 void Sampler::run() {

@@ -108,6 +108,9 @@ std::string unshuffle_records(std::string_view in, std::size_t record_size);
 // Records of record_size bytes (a multiple of 8) as zigzag LEB128 varints of
 // each 64-bit word's difference from the same word of the previous record.
 std::string delta_encode(std::string_view in, std::size_t record_size);
+// The same into out (room for in.size() / 8 * 10 bytes); returns the length,
+// 0 for records it cannot take (not a multiple of 8, over 8 KiB).
+std::size_t delta_encode_into(std::string_view in, std::size_t record_size, unsigned char* out);
 // Its inverse into exactly raw_len bytes; false if `in` is not such an encoding.
 bool delta_decode(std::string_view in, std::size_t record_size, std::size_t raw_len,
                   std::string& out);
