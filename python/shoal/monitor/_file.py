@@ -307,27 +307,36 @@ def _fn_lookup(pools, fns, fn_index) -> np.ndarray:
 
 
 def _counters(cr: np.ndarray, worker_of) -> tuple[np.ndarray, int]:
-    last: dict[tuple, np.void] = {}      # (pool, slot, pid) -> newest snapshot
-    base: dict[tuple, tuple] = {}        # (pool, slot, pid) -> the previous worker's totals
-    current: dict[tuple, int] = {}       # (pool, slot) -> pid producing
-    for rec in cr:
-        slot_key = (int(rec["pool"]), int(rec["slot"]))
-        pid = int(rec["pid"])
-        k = (*slot_key, pid)
-        prev = current.get(slot_key)
-        if prev is not None and prev != pid and k not in base:
-            p = last[(*slot_key, prev)]
-            base[k] = (int(p["tasks"]), int(p["busy_ns"]), p["hist"].copy())
-        current[slot_key] = pid
-        last[k] = rec
-    out = np.zeros(len(last), COUNTER_DTYPE)
-    dropped = 0
-    for i, (k, rec) in enumerate(last.items()):
-        b = base.get(k, (0, 0, np.zeros(40, np.uint64)))
-        out[i]["worker"] = worker_of([k[0]], [k[1]], [k[2]])[0]
-        out[i]["tasks"] = int(rec["tasks"]) - b[0]
-        out[i]["busy_ns"] = int(rec["busy_ns"]) - b[1]
-        out[i]["hist"] = rec["hist"] - b[2]
-    for k, pid in current.items():
-        dropped += int(last[(*k, pid)]["dropped"])
-    return out, dropped
+    """Per worker: its slot's last snapshot while it produced, less the last
+    snapshot of the slot's previous worker (a slot's counters run on across
+    the workers it has had). Also the drops: the sum of every slot's last."""
+    out = np.zeros(0, COUNTER_DTYPE)
+    if len(cr) == 0:
+        return out, 0
+    slot_key = (cr["pool"].astype(np.uint64) << np.uint64(16)) | cr["slot"].astype(np.uint64)
+    order = np.argsort(slot_key, kind="stable")  # file order within each slot
+    c = cr[order]
+    sk = slot_key[order]
+    pid = c["pid"]
+    # segments: runs of one (slot, pid); the last row of each is its total
+    last = np.ones(len(c), bool)
+    last[:-1] = (sk[1:] != sk[:-1]) | (pid[1:] != pid[:-1])
+    ends = np.flatnonzero(last)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    # the previous segment's total, where it is of the same slot
+    prev = ends - (ends - starts) - 1  # the row before the segment's first
+    same = (starts > 0)
+    same[same] = sk[prev[same]] == sk[starts[same]]
+    seg = c[ends]
+    out = np.zeros(len(ends), COUNTER_DTYPE)
+    out["worker"] = worker_of(seg["pool"], seg["slot"], seg["pid"])
+    out["tasks"] = seg["tasks"]
+    out["busy_ns"] = seg["busy_ns"]
+    out["hist"] = seg["hist"]
+    base = c[prev[same]]
+    out["tasks"][same] -= base["tasks"]
+    out["busy_ns"][same] -= base["busy_ns"]
+    out["hist"][same] -= base["hist"]
+    slot_last = np.ones(len(c), bool)
+    slot_last[:-1] = sk[1:] != sk[:-1]
+    return out, int(c["dropped"][slot_last].sum())
