@@ -320,7 +320,7 @@ void Sampler::remove_rings(std::uint16_t pool) {
     std::lock_guard<std::mutex> lock(pools_mu_);
     auto it = pools_.find(pool);
     if (it == pools_.end()) return;
-    drain_pool(pool, it->second, events, counters, false);
+    drain_pool(pool, it->second, events, counters);
     for (std::size_t i = 0; i < it->second.region->rings.rings(); ++i)
       dropped_gone_ += it->second.region->rings.counters(i).dropped;
     pools_.erase(it);
@@ -348,7 +348,7 @@ std::uint64_t Sampler::dropped() const {
 }
 
 void Sampler::drain_pool(std::uint16_t pool, Pool& p, std::vector<TaskEvent>& events,
-                         std::vector<CounterRecord>& counters, bool) {
+                         std::vector<CounterRecord>& counters) {
   const EventRings& rings = p.region->rings;
   for (std::size_t i = 0; i < rings.rings(); ++i) {
     rings.drain(i, events);
@@ -384,7 +384,7 @@ void Sampler::tick() {
   std::vector<CounterRecord> counters;
   {
     std::lock_guard<std::mutex> lock(pools_mu_);
-    for (auto& [id, p] : pools_) drain_pool(id, p, events, counters, false);
+    for (auto& [id, p] : pools_) drain_pool(id, p, events, counters);
   }
   std::vector<DriverEvent> driver;
   std::vector<NativeRecord> native;

@@ -197,7 +197,7 @@ class Sampler {
   };
   void run();
   void drain_pool(std::uint16_t pool, Pool& p, std::vector<TaskEvent>& events,
-                  std::vector<CounterRecord>& counters, bool force);
+                  std::vector<CounterRecord>& counters);
   void sample(std::int64_t now);
   template <class T>
   void append_records(ChunkType type, const std::vector<T>& records);
