@@ -196,7 +196,13 @@ struct MonitorAttachment {
   // failure: Worker.run_one marks the task done before it formats the
   // traceback): its times, for the result still to come.
   TaskEvent ended{};
+  // next_result_bytes(): the size the next result records (0: the frame's).
+  std::uint64_t next_bytes = 0;
 };
+
+void PoolChannel::next_result_bytes(std::size_t bytes) noexcept {
+  if (monitor_ != nullptr) monitor_->next_bytes = bytes;
+}
 
 void PoolChannel::attach_monitor(const std::string& segment, std::uint16_t pool,
                                  std::size_t slot_index) {
@@ -234,7 +240,8 @@ void PoolChannel::record_result(std::size_t i, std::uint64_t task_id, std::uint3
   MonitorAttachment& m = *monitor_;
   TaskEvent ev;
   ev.task = task_id;
-  ev.bytes_out = bytes;
+  ev.bytes_out = m.next_bytes != 0 ? m.next_bytes : bytes;
+  m.next_bytes = 0;
   ev.pid = m.pid;
   ev.pool = m.pool;
   ev.slot = static_cast<std::uint16_t>(i);

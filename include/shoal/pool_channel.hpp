@@ -149,6 +149,11 @@ class PoolChannel {
     if (monitor_ != nullptr) record_result(i, task_id, kind, bytes);
   }
 
+  // The next result's true size, for a result sent by reference (the frame
+  // holds a segment's name): the next note_result records `bytes` instead of
+  // the frame's. Nothing without a monitor.
+  void next_result_bytes(std::size_t bytes) noexcept;
+
   bool is_shutdown() const noexcept { return header_->shutdown.load(std::memory_order_acquire) != 0; }
   // The shutdown word itself, for waits that must end when it is set.
   const std::atomic<std::uint32_t>* shutdown_flag() const noexcept { return &header_->shutdown; }

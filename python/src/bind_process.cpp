@@ -202,7 +202,8 @@ static void bind(nb::module_& m) {
           "driver if it sleeps. False if the pool shut down meanwhile.")
       .def("set_current", &PoolChannel::set_current, nb::arg("slot"), nb::arg("task_id"))
       .def("attach_monitor", &PoolChannel::attach_monitor, nb::arg("segment"), nb::arg("pool"),
-           nb::arg("slot"));
+           nb::arg("slot"))
+      .def("next_result_bytes", &PoolChannel::next_result_bytes, nb::arg("bytes"));
 
   nb::class_<WorkerSupervisor>(m, "WorkerSupervisor")
       .def(

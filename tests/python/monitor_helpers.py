@@ -31,3 +31,7 @@ def die_once(x, marker):
 
 def ident(x):
     return x
+
+
+def big(n):
+    return b"x" * n

@@ -413,3 +413,16 @@ def test_the_mpi_backend_records_its_ledger_on_rank_0(tmp_path):
     t = run.tasks
     assert len(t) == 300 and (t["outcome"] == OK).all()
     assert (t["end"] >= t["submit"]).all() and (t["submit"] >= 0).all()
+
+
+def test_a_result_sent_by_reference_records_its_own_size(tmp_path):
+    """Results over half a ring travel in a shared segment (the frame holds
+    its name): bytes_out is the result's size all the same."""
+    path = tmp_path / "big.shoal"
+    with shoal.monitor(path):
+        with shoal.Executor(1) as ex:
+            assert len(ex.submit(mh.big, 3 << 20).result(60)) == 3 << 20
+            assert len(ex.submit(mh.big, 10).result(60)) == 10
+    t = shoal.monitor.load(path).tasks
+    assert t["bytes_out"][0] >= 3 << 20
+    assert 10 < t["bytes_out"][1] < 100
