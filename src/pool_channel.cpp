@@ -1,5 +1,10 @@
 #include "shoal/pool_channel.hpp"
 
+#include "shoal/detail/futex.hpp"
+#include "shoal/event_ring.hpp"
+#include "shoal/frame.hpp"
+#include "shoal/shm_segment.hpp"
+
 #include <sched.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -94,7 +99,8 @@ PoolChannel::PoolChannel(PoolChannel&& o) noexcept
     : fd_(std::exchange(o.fd_, -1)),
       base_(std::exchange(o.base_, nullptr)),
       size_(std::exchange(o.size_, 0)),
-      header_(std::exchange(o.header_, nullptr)) {}
+      header_(std::exchange(o.header_, nullptr)),
+      monitor_(std::move(o.monitor_)) {}
 
 PoolChannel& PoolChannel::operator=(PoolChannel&& o) noexcept {
   if (this != &o) {
@@ -103,6 +109,7 @@ PoolChannel& PoolChannel::operator=(PoolChannel&& o) noexcept {
     base_ = std::exchange(o.base_, nullptr);
     size_ = std::exchange(o.size_, 0);
     header_ = std::exchange(o.header_, nullptr);
+    monitor_ = std::move(o.monitor_);
   }
   return *this;
 }
@@ -157,14 +164,105 @@ bool PoolChannel::any_result() const noexcept {
 
 void PoolChannel::set_current(std::size_t i, std::uint64_t task_id) {
   WorkerSlot& s = slot(i);
+  const std::uint64_t running = s.current_task.load(std::memory_order_relaxed);
+  // The running task marked again (Worker.run_batch hands a non-scalar result
+  // to run_one, which marks it): it keeps its start time.
+  if (task_id != 0 && task_id == running) return;
   const std::uint64_t now = detail::monotonic_ns();
-  if (s.current_task.load(std::memory_order_relaxed) != 0) {
-    const std::uint64_t took = now - s.started_ns.load(std::memory_order_relaxed);
+  if (running != 0) {
+    const std::uint64_t started = s.started_ns.load(std::memory_order_relaxed);
+    if (monitor_ != nullptr) task_ended(i, running, started, now);
+    const std::uint64_t took = now - started;
     const std::uint64_t avg = s.task_ns.load(std::memory_order_relaxed);
     s.task_ns.store(avg == 0 ? took : avg - avg / 8 + took / 8, std::memory_order_relaxed);
   }
   s.started_ns.store(now, std::memory_order_relaxed);
   s.current_task.store(task_id, std::memory_order_release);
+}
+
+// The monitor's side of a worker (process-local; one worker thread uses it).
+// A task's end time is the clock read of the set_current() that follows its
+// result (the next task's start, or 0 after the last): no clock read of its
+// own. note_result() keeps the result's size and outcome until then.
+struct MonitorAttachment {
+  explicit MonitorAttachment(SharedSegment seg) : segment(std::move(seg)) {}
+  SharedSegment segment;
+  EventRings rings;
+  std::uint16_t pool = 0;
+  std::uint32_t pid = 0;
+  // The current task's result, pushed, not recorded yet (task 0: none).
+  TaskEvent pending{};
+  // The task that ended (set_current) before its result was pushed (a
+  // failure: Worker.run_one marks the task done before it formats the
+  // traceback): its times, for the result still to come.
+  TaskEvent ended{};
+  // next_result_bytes(): the size the next result records (0: the frame's).
+  std::uint64_t next_bytes = 0;
+};
+
+void PoolChannel::next_result_bytes(std::size_t bytes) noexcept {
+  if (monitor_ != nullptr) monitor_->next_bytes = bytes;
+}
+
+void PoolChannel::attach_monitor(const std::string& segment, std::uint16_t pool,
+                                 std::size_t slot_index) {
+  auto seg = SharedSegment::attach(segment);
+  EventRings rings = EventRings::attach(seg.data(), seg.size());
+  const auto pid = static_cast<std::uint32_t>(::getpid());
+  rings.set_producer(slot_index, pid);
+  auto m = std::make_shared<MonitorAttachment>(std::move(seg));
+  m->rings = rings;
+  m->pool = pool;
+  m->pid = pid;
+  monitor_ = std::move(m);
+}
+
+void PoolChannel::task_ended(std::size_t i, std::uint64_t task, std::uint64_t started,
+                             std::uint64_t now) noexcept {
+  MonitorAttachment& m = *monitor_;
+  if (m.pending.task == task) {
+    m.pending.start = static_cast<std::int64_t>(started);
+    m.pending.end = static_cast<std::int64_t>(now);
+    m.rings.record(i, m.pending);
+    m.pending.task = 0;
+    return;
+  }
+  m.ended.task = task;
+  m.ended.start = static_cast<std::int64_t>(started);
+  m.ended.end = static_cast<std::int64_t>(now);
+}
+
+void PoolChannel::record_result(std::size_t i, std::uint64_t task_id, std::uint32_t kind,
+                                std::size_t bytes) const noexcept {
+  if (task_id == 0 || (kind != static_cast<std::uint32_t>(FrameKind::Result) &&
+                       kind != static_cast<std::uint32_t>(FrameKind::Failure)))
+    return;
+  MonitorAttachment& m = *monitor_;
+  TaskEvent ev;
+  ev.task = task_id;
+  ev.bytes_out = m.next_bytes != 0 ? m.next_bytes : bytes;
+  m.next_bytes = 0;
+  ev.pid = m.pid;
+  ev.pool = m.pool;
+  ev.slot = static_cast<std::uint16_t>(i);
+  ev.outcome = kind == static_cast<std::uint32_t>(FrameKind::Result) ? 0 : 1;
+  const WorkerSlot& s = *reinterpret_cast<const WorkerSlot*>(
+      static_cast<unsigned char*>(base_) + round_up(sizeof(ChannelHeader), page) +
+      i * header_->slot_bytes);
+  if (s.current_task.load(std::memory_order_relaxed) == task_id) {
+    m.pending = ev;  // recorded when the task ends (set_current)
+    return;
+  }
+  if (m.ended.task == task_id) {
+    ev.start = m.ended.start;
+    ev.end = m.ended.end;
+    m.ended.task = 0;
+  } else {
+    // Never current: it failed before it began (its arguments could not be
+    // loaded in the worker). It took no time.
+    ev.start = ev.end = static_cast<std::int64_t>(detail::monotonic_ns());
+  }
+  m.rings.record(i, ev);
 }
 
 long PoolChannel::pick_slot(std::uint64_t max_queued, std::uint64_t max_task_ns) const noexcept {

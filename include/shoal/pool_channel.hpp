@@ -23,6 +23,8 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
+#include <string>
 
 #include "shoal/task_ring.hpp"
 
@@ -63,6 +65,9 @@ struct WorkerSlot {
   RingControl task_ctl;    // driver -> worker
   RingControl result_ctl;  // worker -> driver
 };
+
+// The monitor's rings as a worker maps them (pool_channel.cpp).
+struct MonitorAttachment;
 
 class PoolChannel {
  public:
@@ -105,7 +110,8 @@ class PoolChannel {
   // Returns whether something happened (false: timeout).
   bool wait_driver(std::uint32_t seen, std::int64_t timeout_ns, std::int64_t spin_ns) noexcept;
   // Worker side: slot i's worker starts task_id (0: it finished its task and
-  // runs none). Records the start time and the task time average.
+  // runs none). Records the start time and the task time average; marking
+  // the task that is already current again changes nothing.
   void set_current(std::size_t i, std::uint64_t task_id);
   // Where the driver puts a short task. A worker of short tasks that is
   // awake (running or spinning, not asleep on its futex) takes it, rather
@@ -127,6 +133,27 @@ class PoolChannel {
   // Empties slot i's rings and bookkeeping for a replacement worker.
   void reset_slot(std::size_t i);
 
+  // ---- monitor, worker side (shoal/event_ring.hpp) ----
+  // From now on, every task this process ends on a slot is recorded in ring
+  // `slot` of the event region in shared segment `segment`, as pool `pool`.
+  // Called once, from the worker's first Control frame, when the driver
+  // runs a monitor; never otherwise (then note_result is one null check).
+  void attach_monitor(const std::string& segment, std::uint16_t pool, std::size_t slot);
+  // Slot i's worker pushed a Result or Failure frame of `bytes` bytes for
+  // task_id: its record (start and end: the set_current() calls around the
+  // task, bytes, outcome) goes to the ring when the task ends, or now if it
+  // already has. A worker killed between its push and its next
+  // set_current() loses that one record (the driver still gets the result).
+  void note_result(std::size_t i, std::uint64_t task_id, std::uint32_t kind,
+                   std::size_t bytes) const noexcept {
+    if (monitor_ != nullptr) record_result(i, task_id, kind, bytes);
+  }
+
+  // The next result's true size, for a result sent by reference (the frame
+  // holds a segment's name): the next note_result records `bytes` instead of
+  // the frame's. Nothing without a monitor.
+  void next_result_bytes(std::size_t bytes) noexcept;
+
   bool is_shutdown() const noexcept { return header_->shutdown.load(std::memory_order_acquire) != 0; }
   // The shutdown word itself, for waits that must end when it is set.
   const std::atomic<std::uint32_t>* shutdown_flag() const noexcept { return &header_->shutdown; }
@@ -139,6 +166,12 @@ class PoolChannel {
   void* base_ = nullptr;
   std::size_t size_ = 0;
   ChannelHeader* header_ = nullptr;
+  void record_result(std::size_t i, std::uint64_t task_id, std::uint32_t kind,
+                     std::size_t bytes) const noexcept;
+  void task_ended(std::size_t i, std::uint64_t task, std::uint64_t started,
+                  std::uint64_t now) noexcept;
+  // The monitor's ring region, mapped in this worker (null: no monitor).
+  std::shared_ptr<MonitorAttachment> monitor_;
 };
 
 }  // namespace shoal

@@ -33,7 +33,8 @@ _LAZY = {
 }
 # allocation, topology and info are callable modules (see _callable.py):
 # shoal.allocation(), shoal.topology(), shoal.info() call their main function.
-_SUBMODULES = {"shared", "allocation", "topology", "info"}
+# monitor too: shoal.monitor(path) starts a recording, shoal.monitor.load(path) reads one.
+_SUBMODULES = {"shared", "allocation", "topology", "info", "monitor"}
 
 __all__ = [
     "__version__",
@@ -61,3 +62,10 @@ def __getattr__(name: str) -> object:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+# SHOAL_MONITOR=run.shoal: this whole process is recorded (shoal/monitor/_session.py).
+if __import__("os").environ.get("SHOAL_MONITOR"):
+    from .monitor import _session as _monitor_session
+
+    _monitor_session.start_from_env()

@@ -461,6 +461,10 @@ class _Engine(Engine):
         self.chan.set_pid(s.index, s.pid)
         msg = {"sys_path": list(sys.path), "init": self.init_data, "authkey": _authkey(),
                "cancel": None if self.cancel_seg is None else self.cancel_seg.name}
+        if self.mon is not None:
+            # The worker records into its slot's ring of the monitor's segment.
+            msg["monitor"] = (self.mon.segment, self.mon.pool)
+            self.mon.worker_started(s.index, s.pid)
         self.chan.push_tasks(s.index, [(0, CONTROL, 0, _serialize.dumps(msg).data)])
 
     def _indirect(self, data: bytes):
@@ -591,7 +595,9 @@ def _can_fork() -> bool:
     for tid in tids:
         try:
             with open(f"/proc/self/task/{tid}/comm", "rb") as fh:
-                if fh.read().rstrip(b"\n") == b"shoal-pool":
+                # (and the monitor's sampler, shoal/sampler.hpp: syscalls and
+                # its own mutexes, which a child never touches)
+                if fh.read().rstrip(b"\n") in (b"shoal-pool", b"shoal-monitor"):
                     extra -= 1
         except OSError:
             pass  # a thread that ended meanwhile

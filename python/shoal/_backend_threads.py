@@ -196,8 +196,12 @@ class _State:
     """What the worker threads share with the backend. Workers hold this, not
     the backend, so a forgotten backend can still be garbage-collected."""
 
-    def __init__(self, initializer: Callable | None, initargs: tuple, caps: Any = None) -> None:
+    def __init__(self, initializer: Callable | None, initargs: tuple, caps: Any = None,
+                 mon: Any = None) -> None:
         self.caps = caps  # allocation.ThreadCaps: library threads per pool thread
+        # The monitor's PoolRecorder (shoal/monitor/_session.py), None when off;
+        # each pool thread then has its own ring writer in local.ring.
+        self.mon = mon
         self.lock = threading.Lock()
         self.pending: set[_WorkItem] = set()   # submitted, not started (guarded by lock)
         self.running: set[_WorkItem] = set()   # started, not finished (guarded by lock)
@@ -208,6 +212,12 @@ class _State:
 
     def on_thread_start(self, index: int) -> None:
         self.local.worker = True
+        if self.mon is not None:
+            try:
+                self.local.ring = self.mon.thread_writer(index)
+                self.mon.worker_started(index, 0, threading.get_native_id())
+            except Exception:  # noqa: BLE001 - the monitor never fails a pool
+                self.local.ring = None
         if self.caps is not None:
             try:
                 _cap_openmp_here(self.caps)
@@ -233,12 +243,13 @@ class _State:
 
 
 class _WorkItem:
-    __slots__ = ("future", "fn", "args", "kwargs", "timeout", "state", "__weakref__")
+    __slots__ = ("future", "fn", "args", "kwargs", "timeout", "state", "tid", "__weakref__")
 
     def __init__(self, state: _State, future: Future, fn: Callable, args: tuple, kwargs: dict,
                  timeout: float | None) -> None:
         self.state, self.future, self.fn = state, future, fn
         self.args, self.kwargs, self.timeout = args, kwargs, timeout
+        self.tid = 0  # the monitor's task id, when it is on
 
     def run(self) -> None:  # on a worker thread, GIL held
         st = self.state
@@ -250,21 +261,30 @@ class _WorkItem:
         try:
             future = self.future
             if not future.set_running_or_notify_cancel():
+                if st.mon is not None:
+                    st.mon.outcome(self.tid, 4)  # cancelled before it started
                 return
             if st.broken is not None:
                 _settle(future.set_exception, BrokenPool(st.broken))
                 return
             if self.timeout is not None:
                 _watchdog.add(time.monotonic() + self.timeout, future, self.timeout)
+            mon = st.mon
+            if mon is not None:
+                t0 = time.monotonic_ns()
             try:
                 result = self.fn(*self.args, **self.kwargs)
             except BaseException as exc:
+                if mon is not None:
+                    _record(st, self.tid, t0, 1, future)
                 if exc.__cause__ is None:
                     exc.__cause__ = RemoteTraceback(
                         "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
                 _settle(future.set_exception, exc)
                 del exc  # break the frame <-> exception cycle
             else:
+                if mon is not None:
+                    _record(st, self.tid, t0, 0, future)
                 _settle(future.set_result, result)
                 result = None
         finally:
@@ -276,6 +296,15 @@ class _WorkItem:
             # only the cyclic collector frees; concurrent.futures' _WorkItem
             # sets self = None for the same reason).
             self = future = st = None  # noqa: PLW0642
+
+
+def _record(st: _State, tid: int, t0: int, outcome: int, future: Future) -> None:
+    """The monitor's record of a task this thread ran (nothing moves between
+    threads: no bytes in or out). A Future the watchdog already failed with
+    TaskTimeout makes it a timed-out task (outcome 3)."""
+    ring = getattr(st.local, "ring", None)
+    if ring is not None:
+        ring.record(tid, t0, 0, 3 if future.done() else outcome)
 
 
 _live: "weakref.WeakSet[ThreadBackend]" = weakref.WeakSet()
@@ -354,7 +383,10 @@ class ThreadBackend(Backend):
             _blas_cap.acquire(caps)
         except Exception:  # noqa: BLE001 - capping is best effort
             self._caps = None
-        self._state = _State(self.initializer, tuple(self.initargs), caps)
+        from .monitor import _session
+
+        mon = _session.recorder("threads", workers, False)
+        self._state = _State(self.initializer, tuple(self.initargs), caps, mon)
         self._lock = threading.Lock()
         self._shutdown = False
         self._joined = False
@@ -378,6 +410,10 @@ class ThreadBackend(Backend):
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             item = _WorkItem(st, future, fn, tuple(args), dict(kwargs or {}), timeout)
+            mon = st.mon
+            if mon is not None:
+                item.tid = tid = next(mon.task_ids)
+                mon.submit(tid, mon.fn_id(fn, args), 0)
             with st.lock:
                 st.pending.add(item)
             self._pool.submit(item.run)
@@ -403,6 +439,8 @@ class ThreadBackend(Backend):
                                    "would wait for itself")
             self._pool.join()  # GIL released inside: workers finish their Python tasks
             self._joined = True
+            if st.mon is not None:
+                st.mon.close([(i, 0) for i in range(self.workers)])
         self._release_caps()  # tasks still running after wait=False run uncapped
 
     def _release_caps(self) -> None:

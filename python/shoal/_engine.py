@@ -157,6 +157,20 @@ MAP_SHORT_FRAME_S = 0.001
 _MAX_EARLY_DEATHS = 3
 
 
+# Monitor outcomes (shoal/monitor/_run.py), here without importing numpy.
+_M_RAISED, _M_LOST, _M_TIMED_OUT, _M_CANCELLED, _M_RETRIED = 1, 2, 3, 4, 5
+
+
+def _monitor_outcome(exc: BaseException) -> int:
+    if isinstance(exc, TaskTimeout):
+        return _M_TIMED_OUT
+    if isinstance(exc, CancelledError):
+        return _M_CANCELLED
+    if isinstance(exc, (WorkerLost, BrokenPool)):
+        return _M_LOST
+    return _M_RAISED
+
+
 class _Failed:
     """A map slot holding an exception instead of a value."""
 
@@ -432,6 +446,17 @@ class Engine:
         self.owner_pid = os.getpid()
         self.disowned = False  # set in a child forked from this process
         self.thread: threading.Thread | None = None
+        # The monitor's recorder (shoal/monitor/_session.py), None when it is
+        # off: then every hook below is one `is None` check. Rings in shared
+        # memory only for a channel whose workers can attach them.
+        from .monitor import _session
+
+        rings = hasattr(chan, "attach_monitor")
+        self.mon = _session.recorder(type(self).__module__.rsplit("_", 1)[-1], workers, rings)
+        # Workers that record nothing themselves (a transport without the
+        # monitor's rings: the mpi backend): the ledger records each result
+        # as it arrives (its end: then; its start: unknown).
+        self.mon_ends = self.mon is not None and not rings
 
     def _start_collector(self) -> None:
         """The thread that runs passes while no caller does (see _collector)."""
@@ -530,6 +555,8 @@ class Engine:
         self.fn_data[fn_id] = bytes(payload.data)
         names = self.fn_names
         names[fn_id] = _describe_fn(fn)
+        if self.mon is not None:
+            self.mon.function(fn_id, names[fn_id])
         if len(names) > 16 * _FN_CACHE_SIZE:  # tasks of long-evicted functions say "?"
             for old in list(itertools.islice(names, len(names) // 2)):
                 del names[old]
@@ -614,6 +641,8 @@ class Engine:
                 fut.timeout_ns = int(timeout * 1e9)
                 self.timed.add(tid)
             self.tasks[tid] = fut
+            if self.mon is not None:
+                self.mon.submit(tid, fn_id, len(data))
             # Fast path (every task after the first of a function): one frame
             # to the least-loaded worker that already has the function.
             backlog = self.backlog
@@ -717,6 +746,8 @@ class Engine:
                 data = (data, seg)
             frames.append((ids[0], BATCH, flags, raw))
             owners.append(tasks)
+            if self.mon is not None:
+                self.mon.frame(ids[0], len(ids), len(raw))
             for t in tasks:
                 t.keep = data if (flags or data.segments or data.keepalive) else None
         return frames, owners
@@ -994,6 +1025,8 @@ class Engine:
                 t.item = item
                 alltasks[tid] = t
                 index += 1
+            if self.mon is not None:
+                self.mon.submit_range(tasks[0].id, len(tasks), fn_id)
             if self.backlog:
                 self.backlog.extend(tasks)
             elif not self._place_checked(tasks):
@@ -1248,6 +1281,8 @@ class Engine:
                     fast.append((task, data))  # the common case, see below
                 else:
                     done.append((task, kind, flags, data))
+            if self.mon_ends:
+                self._record_ends(s, frames)
             if results:
                 if s.busy:  # it worked from its previous result to now
                     s.pace = (now - s.last_result) / results
@@ -1261,6 +1296,12 @@ class Engine:
                     else:
                         short_fns.discard(task.fn_id)
         return nframes
+
+    def _record_ends(self, s: _Slot, frames: list) -> None:
+        outcome = self.mon.outcome
+        for tid, kind, _flags, _data in frames:
+            if tid and (kind == RESULT or kind == FAILURE):
+                outcome(tid, 0 if kind == RESULT else _M_RAISED, 0, -1, s.pid, s.index)
 
     def _control(self, s: _Slot, kind: int, data: bytes, done: list) -> None:
         if kind == CONTROL:
@@ -1366,6 +1407,8 @@ class Engine:
         """A task that its worker did not start because shutdown(cancel_futures=
         True) cancelled it: its Future is cancelled although it was RUNNING
         (on a ring), as if it had waited in the backlog."""
+        if self.mon is not None:
+            self.mon.outcome(task.id, _M_CANCELLED, task.attempts)
         job = task.job
         if job is not None:
             job.store(task.index, _Failed(CancelledError("cancelled by shutdown")))
@@ -1394,10 +1437,15 @@ class Engine:
         except InvalidStateError:
             pass
 
-    def _fail(self, task: _Task, exc: BaseException, done: list) -> None:
-        # Caller holds the lock.
+    def _fail(self, task: _Task, exc: BaseException, done: list, started: int = -1,
+              pid: int = 0, slot: int = 0xFFFF, attempt: int | None = None) -> None:
+        # Caller holds the lock. started, pid, slot, attempt (from 0): where
+        # and when it was running, for the monitor's record of the attempt.
         self.tasks.pop(task.id, None)
         done.append((task, -1, 0, exc))
+        if self.mon is not None:
+            self.mon.outcome(task.id, _monitor_outcome(exc),
+                             task.attempts if attempt is None else attempt, started, pid, slot)
 
     def _on_death(self, slot: int, pid: int, code: int, sig: int, done: list) -> None:
         s = self.slots[slot]
@@ -1410,7 +1458,12 @@ class Engine:
             if task is not None:
                 s.tasks.pop(tid, None)
                 done.append((task, kind, flags, data))
-        current, _ = self.chan.slot_state(slot)
+        current, started = self.chan.slot_state(slot)
+        mon = self.mon
+        if mon is not None:
+            mon.worker_ended(slot, pid)
+        else:
+            started = -1
         how = _exit_text(code, sig)
         abnormal = sig != 0 or code != 0
         tasks = list(s.tasks.values())
@@ -1428,20 +1481,23 @@ class Engine:
                 self._fail(task, TaskTimeout(
                     f"task {task.id} ({self._task_name(task)}) ran past its time limit of "
                     f"{task.timeout_ns / 1e9:g} s; {self._worker_label(pid)} was killed and "
-                    "replaced"), done)
+                    "replaced"), done, started, pid, slot)
             elif task.kill_reason == "cancel":
                 self._fail(task, CancelledError(
                     f"task {task.id} ({self._task_name(task)}) was cancelled while running; "
-                    f"{self._worker_label(pid)} was killed and replaced"), done)
+                    f"{self._worker_label(pid)} was killed and replaced"), done, started, pid, slot)
             else:
                 task.attempts += 1
                 if task.attempts <= self.retries:
                     requeue.append(task)
+                    if mon is not None:
+                        mon.outcome(task.id, _M_RETRIED, task.attempts - 1, started, pid, slot)
                 else:
                     self._fail(task, WorkerLost(
                         f"{self._worker_label(pid)} {how} while running task {task.id} "
                         f"({self._task_name(task)})",
-                        exitcode=None if sig else code, signal=sig or None), done)
+                        exitcode=None if sig else code, signal=sig or None), done, started, pid,
+                        slot, task.attempts - 1)
         self.backlog.extendleft(reversed(requeue))
         s.tasks = {}
         if self.closing and not self.tasks and not requeue:
@@ -1485,6 +1541,8 @@ class Engine:
                 self.timed.discard(task.id)
                 task.keep = None
                 task.data = _NO_DATA
+                if self.mon is not None:
+                    self.mon.outcome(task.id, _M_CANCELLED, task.attempts)
 
     def cancel_running(self, fut: Future) -> bool:
         task = fut if getattr(fut, "_engine", None) is self else None
@@ -1497,6 +1555,8 @@ class Engine:
                 del self.tasks[task.id]
                 self.timed.discard(task.id)
                 done = [(task, -1, 0, CancelledError(f"task {task.id} cancelled"))]
+                if self.mon is not None:
+                    self.mon.outcome(task.id, _M_CANCELLED, task.attempts)
             else:
                 current, _ = self.chan.slot_state(task.slot)
                 if current != task.id:
@@ -1505,6 +1565,8 @@ class Engine:
                     self.slots[task.slot].tasks.pop(task.id, None)
                     self.timed.discard(task.id)
                     done = [(task, -1, 0, CancelledError(f"task {task.id} cancelled"))]
+                    if self.mon is not None:
+                        self.mon.outcome(task.id, _M_CANCELLED, task.attempts)
                 else:
                     task.kill_reason = "cancel"
                     self._kill(self.slots[task.slot].pid)
@@ -1610,6 +1672,8 @@ class Engine:
             for task in self.tasks.values():
                 task.keep = None
             self._release_transport()
+        if self.mon is not None:
+            self.mon.close([(s.index, s.pid) for s in self.slots if s.pid])
 
 
 # Executors that were never shut down: their submitted work still runs before

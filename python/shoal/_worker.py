@@ -94,11 +94,14 @@ class Worker:
         self.fns: dict[int, object] = {}
         self.done = 0
         self.dumps = _serialize.dumps
+        self.monitored = False  # the driver's monitor gave us its rings (control)
 
     # ---------------------------------------------------------------- sending
     def send(self, task_id: int, kind: int, data: bytes) -> None:
         flags = 0
         if len(data) > self.limit:
+            if self.monitored:  # the monitor records the result's size, not the name's
+                self.chan.next_result_bytes(len(data))
             data = _write_indirect(data)
             flags = INDIRECT
         self.chan.push_result(self.slot, task_id, kind, flags, data)
@@ -265,6 +268,14 @@ class Worker:
             _use_authkey(msg["authkey"])
         if msg.get("cancel"):
             self.cancel_mark = _open_cancel_mark(msg["cancel"])
+        if msg.get("monitor"):
+            # From now on push_result records each task in C++ (PoolChannel::
+            # note_result): nothing changes on this loop's Python path.
+            try:
+                self.chan.attach_monitor(msg["monitor"][0], msg["monitor"][1], self.slot)
+                self.monitored = True
+            except Exception:  # noqa: BLE001 - the monitor never fails a job
+                pass
         if msg.get("init") is not None:
             try:
                 initializer, initargs = self.serialize.loads(msg["init"])

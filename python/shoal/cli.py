@@ -1,4 +1,4 @@
-"""The ``shoal`` command: ``shoal info`` and ``shoal demo``."""
+"""The ``shoal`` command: ``shoal info``, ``shoal demo`` and ``shoal run``."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shoal", description=DESCRIPTION,
                                      epilog="'shoal COMMAND --help' describes each command.")
     parser.add_argument("--version", action="version", version=f"shoal {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{info,demo}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{info,demo,run}")
 
     p_info = sub.add_parser("info", help="what this job was given: CPUs, topology, threads",
                             description="What this job was really given: CPUs (each limit "
@@ -85,7 +85,57 @@ def _parser() -> argparse.ArgumentParser:
                         help="workers per pool (default: shoal.default_workers())")
     p_demo.add_argument("--repeats", type=int, default=3,
                         help="rounds; each row's time is its median (default: 3)")
+    _add_run(sub)
     return parser
+
+
+# ---- shoal run --monitor FILE script.py args...
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="run a Python script with the job monitor on",
+                       description="Runs script.py as 'python script.py args...' would (as "
+                       "__main__, with sys.argv set, in this process) with shoal's monitor "
+                       "recording to FILE, then prints the monitor's summary to stderr. The "
+                       "script's exit status is this command's.")
+    p.add_argument("--monitor", metavar="FILE", required=True, help="the monitor file to write")
+    p.add_argument("--hz", type=float, default=10.0, help="sample rate (default: 10)")
+    p.add_argument("script", help="the Python script")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import runpy
+    import traceback
+
+    from . import monitor
+
+    sys.argv = [args.script, *args.args]  # first: the monitor's meta records the script's
+    mon = monitor.monitor(args.monitor, hz=args.hz).start()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(args.script)))
+    code = 0
+    try:
+        runpy.run_path(args.script, run_name="__main__")
+    except SystemExit as exc:  # the script's sys.exit(): its status is ours
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
+            code = 1
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        code = 128 + signal.SIGINT
+    except BaseException:  # noqa: BLE001 - reported as python would, then the summary
+        traceback.print_exc()
+        code = 1
+    finally:
+        mon.stop()
+    sys.stdout.flush()
+    if mon.session is not None:
+        try:
+            print(mon.summary(), file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 - the file is written either way
+            print(f"shoal run: monitor file {args.monitor} written; no summary "
+                  f"({type(exc).__name__}: {exc})", file=sys.stderr)
+    return code
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -99,6 +149,8 @@ def _run(args: argparse.Namespace) -> int:
         from . import demo
 
         return demo.main(n=args.n, workers=args.workers, repeats=args.repeats)
+    if args.command == "run":
+        return _cmd_run(args)
     return 2
 
 

@@ -38,6 +38,8 @@ import ctypes
 import operator
 from typing import Any, NamedTuple
 
+from .monitor import _session as _monitor  # _monitor.current: the recording session or None
+
 __all__ = ["parallel_for", "parallel_reduce", "default_threads"]
 
 _OPS = ("sum", "min", "max", "prod")
@@ -68,7 +70,9 @@ def parallel_for(n: int, kernel: Any, ctx: Any = None, *, threads: int | None = 
     threads, grain = _check_threads(threads), _check_grain(grain)
     address, pointee = _kernel_entry(kernel, None)
     ctx_address, keep = _ctx_address(ctx, pointee)
-    _core().parallel_for(n, address, ctx_address, threads, grain)
+    mon = _monitor.current
+    _core().parallel_for(n, address, ctx_address, threads, grain,
+                         None if mon is None else mon.sampler)
     del keep  # ctx's buffer had to stay alive until here
 
 
@@ -98,7 +102,9 @@ def parallel_reduce(n: int, kernel: Any, ctx: Any = None, *, op: str = "sum",
     ctx_address, keep = _ctx_address(ctx, pointee)
     core = _core()
     run = core.parallel_reduce_f64 if dtype_name == "float64" else core.parallel_reduce_i64
-    result = run(n, address, ctx_address, op, threads, deterministic, grain)
+    mon = _monitor.current
+    result = run(n, address, ctx_address, op, threads, deterministic, grain,
+                 None if mon is None else mon.sampler)
     del keep
     return result
 

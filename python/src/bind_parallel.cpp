@@ -13,7 +13,9 @@
 
 #include "registry.hpp"
 #include "shoal/check.hpp"
+#include "shoal/loop_timer.hpp"
 #include "shoal/parallel.hpp"
+#include "shoal/sampler.hpp"
 #include "shoal/thread_pool.hpp"
 
 namespace nb = nanobind;
@@ -24,23 +26,46 @@ using ForKernel = void (*)(std::int64_t, std::int64_t, void*);
 template <class T>
 using ReduceKernel = T (*)(std::int64_t, std::int64_t, void*);
 
+// monitor: the recording Sampler, or null (then no clock is read).
+std::unique_ptr<shoal::LoopTimer> timer_for(shoal::Sampler* monitor, int threads) {
+  if (monitor == nullptr) return nullptr;
+  const int size = threads > 0 ? threads : shoal::ThreadPool::global().size() + 1;
+  return std::make_unique<shoal::LoopTimer>(size);
+}
+
 void run_for(std::int64_t n, std::uintptr_t kernel, std::uintptr_t ctx, int threads,
-             std::int64_t grain) {
+             std::int64_t grain, shoal::Sampler* monitor) {
   SHOAL_CHECK(kernel != 0, "parallel_for: kernel address is 0");
   auto k = reinterpret_cast<ForKernel>(kernel);
   void* c = reinterpret_cast<void*>(ctx);
   shoal::LoopOptions o;
   o.grain = grain;
   o.threads = threads;
-  shoal::parallel_for(0, n, [k, c](std::int64_t b, std::int64_t e) { k(b, e, c); }, o);
+  auto timer = timer_for(monitor, threads);
+  if (timer == nullptr) {
+    shoal::parallel_for(0, n, [k, c](std::int64_t b, std::int64_t e) { k(b, e, c); }, o);
+    return;
+  }
+  shoal::LoopTimer* t = timer.get();
+  shoal::parallel_for(0, n, [k, c, t](std::int64_t b, std::int64_t e) {
+    t->time([&] { k(b, e, c); });
+  }, o);
+  monitor->native_loop(*timer);
 }
 
 template <class T, class Combine>
 T reduce_with(std::int64_t n, ReduceKernel<T> k, void* c, T identity, Combine combine,
-              const shoal::ReduceOptions& o) {
+              const shoal::ReduceOptions& o, shoal::LoopTimer* t) {
+  if (t == nullptr)
+    return shoal::parallel_reduce(
+        0, n, identity,
+        [k, c, combine](std::int64_t b, std::int64_t e, T init) { return combine(init, k(b, e, c)); },
+        combine, o);
   return shoal::parallel_reduce(
       0, n, identity,
-      [k, c, combine](std::int64_t b, std::int64_t e, T init) { return combine(init, k(b, e, c)); },
+      [k, c, combine, t](std::int64_t b, std::int64_t e, T init) {
+        return t->time([&] { return combine(init, k(b, e, c)); });
+      },
       combine, o);
 }
 
@@ -55,7 +80,16 @@ struct Wrapping<T, std::enable_if_t<std::is_integral_v<T>>> {
 
 template <class T>
 T run_reduce(std::int64_t n, std::uintptr_t kernel, std::uintptr_t ctx, const std::string& op,
-             int threads, bool deterministic, std::int64_t grain) {
+             int threads, bool deterministic, std::int64_t grain, shoal::Sampler* monitor) {
+  auto timer = timer_for(monitor, threads);
+  struct Record {  // the loop's record, also when it threw
+    shoal::Sampler* m;
+    shoal::LoopTimer* t;
+    ~Record() {
+      if (m != nullptr) m->native_loop(*t);
+    }
+  } record{monitor, timer.get()};
+  shoal::LoopTimer* t = timer.get();
   SHOAL_CHECK(kernel != 0, "parallel_reduce: kernel address is 0");
   auto k = reinterpret_cast<ReduceKernel<T>>(kernel);
   void* c = reinterpret_cast<void*>(ctx);
@@ -67,15 +101,15 @@ T run_reduce(std::int64_t n, std::uintptr_t kernel, std::uintptr_t ctx, const st
   // Integers wrap around on overflow, as numpy's int64 does (unsigned arithmetic: no UB).
   using W = typename Wrapping<T>::type;
   if (op == "sum")
-    return reduce_with<T>(n, k, c, T(0), [](T a, T b) { return static_cast<T>(W(a) + W(b)); }, o);
+    return reduce_with<T>(n, k, c, T(0), [](T a, T b) { return static_cast<T>(W(a) + W(b)); }, o, t);
   if (op == "prod")
-    return reduce_with<T>(n, k, c, T(1), [](T a, T b) { return static_cast<T>(W(a) * W(b)); }, o);
+    return reduce_with<T>(n, k, c, T(1), [](T a, T b) { return static_cast<T>(W(a) * W(b)); }, o, t);
   if (op == "min")
     return reduce_with<T>(n, k, c, L::has_infinity ? L::infinity() : L::max(),
-                          [](T a, T b) { return b < a ? b : a; }, o);
+                          [](T a, T b) { return b < a ? b : a; }, o, t);
   if (op == "max")
     return reduce_with<T>(n, k, c, L::has_infinity ? -L::infinity() : L::lowest(),
-                          [](T a, T b) { return b > a ? b : a; }, o);
+                          [](T a, T b) { return b > a ? b : a; }, o, t);
   SHOAL_CHECK(false, "parallel_reduce: op must be sum, prod, min or max, not '" + op + "'");
   return T(0);
 }
@@ -207,13 +241,14 @@ PyType_Slot thread_pool_slots[] = {
 void bind(nb::module_& m) {
   using nb::arg;
   m.def("parallel_for", &run_for, arg("n"), arg("kernel"), arg("ctx"), arg("threads"), arg("grain"),
-        nb::call_guard<nb::gil_scoped_release>(),
+        arg("monitor").none() = nb::none(), nb::call_guard<nb::gil_scoped_release>(),
         "Runs void kernel(int64 begin, int64 end, void* ctx) over [0, n) on the thread pool.");
   m.def("parallel_reduce_f64", &run_reduce<double>, arg("n"), arg("kernel"), arg("ctx"), arg("op"),
-        arg("threads"), arg("deterministic"), arg("grain"), nb::call_guard<nb::gil_scoped_release>());
+        arg("threads"), arg("deterministic"), arg("grain"), arg("monitor").none() = nb::none(),
+        nb::call_guard<nb::gil_scoped_release>());
   m.def("parallel_reduce_i64", &run_reduce<std::int64_t>, arg("n"), arg("kernel"), arg("ctx"),
         arg("op"), arg("threads"), arg("deterministic"), arg("grain"),
-        nb::call_guard<nb::gil_scoped_release>());
+        arg("monitor").none() = nb::none(), nb::call_guard<nb::gil_scoped_release>());
   m.def("buffer_address", [](nb::handle obj) -> std::uintptr_t {
     // Any contiguous buffer (C or Fortran order, read-only allowed): its first byte.
     Py_buffer view;

@@ -194,12 +194,16 @@ static void bind(nb::module_& m) {
               ring.wait_writable(data.size(), 100'000'000, 20'000);
             }
             c.notify_driver();
+            c.note_result(slot, task_id, kind, data.size());
             return true;
           },
           nb::arg("slot"), nb::arg("task_id"), nb::arg("kind"), nb::arg("flags"), nb::arg("data"),
           "Pushes one result frame, waiting (GIL released) while the ring is full; wakes the "
           "driver if it sleeps. False if the pool shut down meanwhile.")
-      .def("set_current", &PoolChannel::set_current, nb::arg("slot"), nb::arg("task_id"));
+      .def("set_current", &PoolChannel::set_current, nb::arg("slot"), nb::arg("task_id"))
+      .def("attach_monitor", &PoolChannel::attach_monitor, nb::arg("segment"), nb::arg("pool"),
+           nb::arg("slot"))
+      .def("next_result_bytes", &PoolChannel::next_result_bytes, nb::arg("bytes"));
 
   nb::class_<WorkerSupervisor>(m, "WorkerSupervisor")
       .def(

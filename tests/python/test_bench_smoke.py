@@ -46,3 +46,18 @@ def test_bench_native_smoke(script, args):
                        capture_output=True, text=True, timeout=280, cwd=ROOT)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "shoal" in r.stdout
+
+
+@pytest.mark.timeout(300)
+def test_bench_monitor_quick_smoke(tmp_path):
+    """benchmarks/monitor/bench_monitor.py --quick runs every row; the
+    numbers are not checked (a smoke run on a shared machine is noise)."""
+    out = tmp_path / "monitor.txt"
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "monitor", "bench_monitor.py"),
+                        "--quick", "--out", str(out)],
+                       capture_output=True, text=True, timeout=280, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    text = out.read_text()
+    for row in ("record call", "worker per-task calls", "chunksize=1 on/off", "file size",
+                "submits on/off", "sampler CPU idle"):
+        assert row in text, text
