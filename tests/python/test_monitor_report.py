@@ -669,3 +669,13 @@ def test_shoal_workers_sets_the_pool_default(backend):
                        timeout=60, env=env)
     assert p.returncode == 0, p.stderr
     assert p.stdout.split()[0] == "3"
+
+
+def test_libraries_shoal_caps_in_its_workers_do_not_count_as_oversubscription():
+    # The driver's OpenBLAS runs 4 threads, but shoal gives each worker
+    # CPUs // workers unless the user set the variable (meta "thread_env").
+    r = runs.oversubscribed_threads()
+    r.meta["thread_env"] = {}
+    assert "oversubscribed" not in codes(r)
+    r.meta["thread_env"] = {"OMP_NUM_THREADS": "4"}    # read by OpenBLAS too
+    assert "oversubscribed" in codes(r)

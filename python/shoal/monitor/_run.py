@@ -93,7 +93,8 @@ class Run:
     command (str), argv (list), cwd, host, pid, backend names seen (list),
     allocation (dict of shoal.allocation() fields), cpus_given (int),
     cpu_ids (list of the cores the job may use), memory_limit (bytes),
-    thread_pools (threadpoolctl's info list), sample_hz, gpu_note (why GPU
+    thread_pools (threadpoolctl's info list), thread_env (the thread-count
+    variables the user set), sample_hz, gpu_note (why GPU
     samples are absent, e.g. "no NVIDIA GPU"), gpus (list of names).
     """
 

@@ -37,6 +37,13 @@ def _warn(msg: str) -> None:
     warnings.warn(msg, MonitorWarning, stacklevel=4)
 
 
+
+def _thread_env() -> dict:
+    from ..allocation import _READ_ORDER
+
+    names = {n for order in _READ_ORDER.values() for n in order}
+    return {n: os.environ[n] for n in sorted(names) if n in os.environ}
+
 class PoolRecorder:
     """What one pool records through. submit, submit_range and frame are
     bound methods of the pool's C++ PoolLog (shoal/sampler.hpp): no Python
@@ -210,6 +217,9 @@ class Session:
             "cpu_ids": self.cpu_ids,
             "memory_limit": mem,
             "thread_pools": pools,
+            # the thread-count variables the user set: shoal caps the others
+            # inside its workers (allocation.thread_caps)
+            "thread_env": _thread_env(),
             "sample_hz": self.hz,
             "gpu_note": note,
             "gpus": gpus,

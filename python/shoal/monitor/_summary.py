@@ -57,14 +57,21 @@ _LEVEL_ORDER = {"bad": 0, "warn": 1, "note": 2, "good": 3}
 # ---------------------------------------------------------------- figures
 
 def _library_threads(meta: dict) -> list[dict[str, Any]]:
-    from ..allocation import library_variable
+    """The driver's library thread pools, and what each of shoal's workers
+    runs of them (``per_worker``): shoal caps a library inside its workers
+    to CPUs // workers unless the user set its variable (meta "thread_env",
+    recorded at the start); None where the file does not say."""
+    from ..allocation import library_threads, library_variable
 
+    env = meta.get("thread_env")
     out = []
     for lib in meta.get("thread_pools") or []:
         n = lib.get("num_threads") or 1
+        variable = library_variable(lib.get("user_api"), lib.get("internal_api"))
+        per_worker = None if env is None else library_threads(variable, env)
         out.append({"name": lib.get("internal_api") or lib.get("user_api") or "a library",
-                    "threads": int(n),
-                    "variable": library_variable(lib.get("user_api"), lib.get("internal_api"))})
+                    "threads": int(n), "variable": variable, "capped": env is not None
+                    and per_worker is None, "per_worker": per_worker})
     return out
 
 
@@ -460,7 +467,10 @@ def _findings(s: dict[str, Any]) -> list[dict[str, Any]]:
 
     # oversubscription
     over = s["runnable_over_share"]
-    libs = [lib for lib in s["library_threads"] if lib["threads"] > 1]
+    # (a library shoal capped in its workers cannot oversubscribe them)
+    libs = [dict(lib, threads=lib["per_worker"] or lib["threads"])
+            for lib in s["library_threads"] if not lib["capped"]]
+    libs = [lib for lib in libs if lib["threads"] > 1]
     workers = max(1, s["workers_alive_max"])
     threads_over = [lib for lib in libs if workers * lib["threads"] > cpus]
     if threads_over:
