@@ -27,6 +27,9 @@ BENCHMARKS = [
     ("pool/bench_pool.py", [], ["--quick"]),
     # under a launcher: rank 0 submits, the others serve (mpi4py.futures and shoal)
     ("mpi/bench_mpi.py", [], ["--quick"]),
+    # the job monitor: its cost on the task path, and its reports' times and sizes
+    ("monitor/bench_monitor.py", [], ["--quick"]),
+    ("monitor/bench_report.py", [], ["--tasks", "20000", "--repeats", "1"]),
 ]
 MPIRUN = ["mpirun", "--oversubscribe", "-n", "3"]
 MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}

@@ -211,6 +211,53 @@ def test_shoal_run_records_any_script_and_keeps_its_exit_status(tmp_path):
     assert run.functions[run.tasks["fn"][0]].endswith("sq")
 
 
+VERDICT_JOB = """
+import sys, time, shoal
+
+def spin(x):
+    t = time.process_time()
+    while time.process_time() - t < 0.008:   # 8 ms of CPU, whatever the machine's load
+        pass
+    return x
+
+if __name__ == "__main__":
+    with shoal.Pool(int(sys.argv[1])) as pool:
+        pool.map(spin, range(int(sys.argv[2])), chunksize=1)
+"""
+
+
+def _verdict_of(tmp_path, workers, tasks, **env):
+    path = tmp_path / f"w{workers}.shoal"
+    script = tmp_path / "verdict_job.py"
+    script.write_text(VERDICT_JOB)
+    r = subprocess.run([sys.executable, "-m", "shoal", "run", "--monitor", str(path), str(script),
+                        str(workers), str(tasks)], env={**_env(), **env}, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    from shoal.monitor import _summary
+
+    stats = _summary.stats(shoal.monitor.load(path))
+    return stats, {f["code"] for f in stats["findings"]}, r.stderr
+
+
+def test_a_serial_script_is_called_effectively_serial(tmp_path):
+    # One worker on a machine of 2 or more CPUs, really recorded: about one
+    # CPU busy of the job's, which the verdict names.
+    if shoal.allocation().cpus < 2:
+        pytest.skip("needs 2 CPUs")
+    stats, codes, text = _verdict_of(tmp_path, 1, 200, SHOAL_WORKER_SPIN_US="0")
+    assert "serial" in codes, text
+    assert "effectively serial" in text
+
+
+def test_an_oversubscribed_script_gets_the_oversubscription_verdict(tmp_path):
+    # Four CPU-bound workers per CPU the job was given: more runnable
+    # threads than CPUs in most samples.
+    cpus = shoal.allocation().cpus
+    stats, codes, text = _verdict_of(tmp_path, 4 * cpus, 150 * cpus)
+    assert "oversubscribed" in codes, text
+
+
 def _small_run(path):
     with shoal.monitor(path):
         with shoal.Pool(2) as pool:
