@@ -131,7 +131,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     if mon.session is not None:
         try:
-            print(mon.summary(), file=sys.stderr)
+            print(mon.summary(color=sys.stderr.isatty()), file=sys.stderr)
         except Exception as exc:  # noqa: BLE001 - the file is written either way
             print(f"shoal run: monitor file {args.monitor} written; no summary "
                   f"({type(exc).__name__}: {exc})", file=sys.stderr)

@@ -96,10 +96,12 @@ class Monitor:
             self._run = load(self.path)
         return self._run
 
-    def summary(self) -> str:
+    def summary(self, color: bool | None = None) -> str:
+        """The terminal report; ``color``: ANSI colours (default: when
+        standard output is a terminal)."""
         from . import _summary  # the reports (another module of this package)
 
-        return _summary.summary(self.run())
+        return _summary.summary(self.run(), color=color)
 
     def stats(self) -> dict:
         from . import _summary
