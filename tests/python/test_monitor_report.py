@@ -679,3 +679,19 @@ def test_libraries_shoal_caps_in_its_workers_do_not_count_as_oversubscription():
     assert "oversubscribed" not in codes(r)
     r.meta["thread_env"] = {"OMP_NUM_THREADS": "4"}    # read by OpenBLAS too
     assert "oversubscribed" in codes(r)
+
+
+def test_bursts_of_parallel_tasks_between_serial_stretches_are_not_one_at_a_time():
+    # 4 workers busy together for 0.5 s at 2 s and again at 8 s of a 10 s run:
+    # the span from the first task to the last is 6.5 s, but tasks ran for
+    # 1 s of it, 4 at a time. The cause is the caller's serial work, not
+    # tasks submitted one by one.
+    w1, s1, e1 = runs.back_to_back([[0.005] * 100] * 4, t0=2.0)
+    w2, s2, e2 = runs.back_to_back([[0.005] * 100] * 4, t0=8.0)
+    r = runs.build(np.concatenate([w1, w2]), np.concatenate([s1, s2]), np.concatenate([e1, e2]),
+                   cpus=4, wall=10.0)
+    s = _summary.stats(r)
+    serial = next(f for f in s["findings"] if f["code"] == "serial")
+    assert s["task_union_s"] == pytest.approx(1.0, rel=0.01)
+    assert "tasks ran during only 10% of the wall time (4.0 workers busy then)" in serial["advice"][0]
+    assert "one at a time" not in " ".join(serial["advice"])
