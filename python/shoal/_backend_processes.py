@@ -92,6 +92,16 @@ def cancel_board(core: Any, workers: int) -> tuple:
     return seg, cmap, memoryview(cmap).cast("q")
 
 
+def indirect_segment(core: Any, size: int) -> tuple:
+    """A shared segment for a frame payload of size bytes sent by reference
+    (INDIRECT): its length first (8 bytes), as shoal._worker._read_indirect
+    reads it. Returns (segment, a view of the payload's bytes)."""
+    seg = core.SharedSegment.create(8 + size)
+    v = seg.view()
+    v[:8] = memoryview(size.to_bytes(8, "little"))
+    return seg, v[8: 8 + size]
+
+
 def worker_env(caps: dict) -> list[str]:
     """The environment of a spawned worker (python -m shoal._worker): this
     process's, the library thread caps, and this very shoal on its path."""
@@ -468,10 +478,8 @@ class _Engine(Engine):
         self.chan.push_tasks(s.index, [(0, CONTROL, 0, _serialize.dumps(msg).data)])
 
     def _indirect(self, data: bytes):
-        seg = self.core.SharedSegment.create(8 + len(data))
-        v = seg.view()
-        v[:8] = memoryview(len(data).to_bytes(8, "little"))
-        v[8: 8 + len(data)] = memoryview(data)
+        seg, v = indirect_segment(self.core, len(data))
+        v[:] = memoryview(data)
         del v
         return seg.name.encode(), seg
 

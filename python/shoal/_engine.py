@@ -943,8 +943,7 @@ class Engine:
         (map_list: no generator step per item, no flattened copy). eager:
         every item is submitted before this returns (Executor.map), instead
         of a window refilled as results are taken."""
-        from ._mapping import (GuardedSource, auto_chunksize, chunked, guided_chunks, run_chunk,
-                               use_guided)
+        from ._mapping import GuardedSource, auto_chunksize, chunked, guided_chunks, use_guided
 
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
@@ -1331,9 +1330,7 @@ class Engine:
                 else:
                     value = loads(data, adopt=True)
             except BaseException as exc:  # noqa: BLE001
-                self._deliver_exc(task, serialization_error(
-                    f"the result of task {task.id} ({self._task_name(task)}) could not be loaded: "
-                    f"{type(exc).__name__}: {exc}", type(exc)))
+                self._result_unloadable(task, exc)
                 continue
             job = task.job
             if job is not None:
@@ -1363,6 +1360,11 @@ class Engine:
         for fut in callbacks:
             fut._invoke_callbacks()
 
+    def _result_unloadable(self, task: _Task, exc: BaseException) -> None:
+        self._deliver_exc(task, serialization_error(
+            f"the result of task {task.id} ({self._task_name(task)}) could not be loaded: "
+            f"{type(exc).__name__}: {exc}", type(exc)))
+
     def _finish(self, done: list) -> None:
         loads = _serialize.loads
         for task, kind, flags, data in done:
@@ -1377,9 +1379,7 @@ class Engine:
                         data = self._load_indirect(data)
                     value = loads(data, adopt=True)
                 except BaseException as exc:  # noqa: BLE001
-                    self._deliver_exc(task, serialization_error(
-                        f"the result of task {task.id} ({self._task_name(task)}) could not be loaded: "
-                        f"{type(exc).__name__}: {exc}", type(exc)))
+                    self._result_unloadable(task, exc)
                     continue
                 job = task.job
                 if job is not None:

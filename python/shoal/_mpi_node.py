@@ -31,7 +31,7 @@ import sys
 import time
 
 from . import _mpi_transport as _t
-from ._backend_processes import RING_BYTES, cancel_board, worker_env
+from ._backend_processes import RING_BYTES, cancel_board, indirect_segment, worker_env
 
 CONTROL = 6
 INDIRECT = 1
@@ -135,14 +135,6 @@ class Leader:
             if j < self.node.spawned and self.pids[j]:
                 self.sup.signal(self.pids[j], _signal.SIGKILL)
 
-    def _segment(self, size: int):
-        """A shared segment for a payload of size bytes (8-byte length first,
-        as shoal._worker._read_indirect reads it) and its payload's view."""
-        seg = self.core.SharedSegment.create(8 + size)
-        v = seg.view()
-        v[:8] = memoryview(size.to_bytes(8, "little"))
-        return seg, v[8: 8 + size]
-
     def _fit(self, j: int, frames: list) -> list:
         """Payloads over half a ring go in a shared segment (INDIRECT),
         kept until the task's result comes back."""
@@ -152,7 +144,7 @@ class Leader:
         out = []
         for tid, kind, flags, data in frames:
             if len(data) > limit:
-                seg, v = self._segment(len(data))
+                seg, v = indirect_segment(self.core, len(data))
                 v[:] = memoryview(data)
                 del v
                 self.keep[j][tid] = seg
@@ -181,9 +173,9 @@ class Leader:
             self.comm.Recv([v, self.MPI.BYTE], source=self.root, tag=_t.TAG_BULK)
             del v
             self.keep[j][tid] = got  # back to the arena with the task's result
-            data = _t.oob_rename(header[n:], seg.name)
+            data = _serialize.out_of_band_renamed(header[n:], seg.name)
             return (tid, kind, flags, data)
-        seg, v = self._segment(size)
+        seg, v = indirect_segment(self.core, size)
         self.comm.Recv([v, self.MPI.BYTE], source=self.root, tag=_t.TAG_BULK)
         del v
         self.keep[j][tid] = seg

@@ -513,6 +513,43 @@ def _release(word: Any, seg: Any) -> None:
     word[0] = 0
 
 
+def release_segment(seg: Any) -> None:
+    """What a receiver's _release does, for a sender that forwards a
+    segment's bytes (the mpi transport): its buffers are not in use here."""
+    _release(_word(seg), seg)
+
+
+def is_out_of_band(data: Any) -> bool:
+    """Whether a payload's buffers lie in a shared segment (wire format above)."""
+    return len(data) > 3 and data[0] == _OOB_MARKER
+
+
+def out_of_band_extent(data: Any) -> tuple[str, int]:
+    """(segment name, bytes of the segment the payload uses) of an
+    out-of-band payload: what a transport that cannot share the segment
+    must carry along."""
+    (n,) = _HEAD.unpack_from(data, 1)
+    name = bytes(data[3: 3 + n]).decode()
+    pos = 3 + n
+    (count,) = _COUNT.unpack_from(data, pos)
+    pos += _COUNT.size
+    count += data[pos]  # (+1 when the pickle stream is in the segment too)
+    pos += 1
+    end = _HEADER
+    for _ in range(count):
+        off, length = _PAIR.unpack_from(data, pos)
+        pos += _PAIR.size
+        end = max(end, off + length)
+    return name, end
+
+
+def out_of_band_renamed(data: Any, name: str) -> bytes:
+    """The same out-of-band payload over a copy of its segment named ``name``."""
+    (n,) = _HEAD.unpack_from(data, 1)
+    new = name.encode()
+    return bytes((_OOB_MARKER,)) + _HEAD.pack(len(new)) + new + bytes(data[3 + n:])
+
+
 def _out_of_band(data: bytes, buffers: list, nbytes: int, refs: list | None,
                  pickle_too: bool) -> Payload:
     import numpy as np
