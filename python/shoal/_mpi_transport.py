@@ -56,35 +56,6 @@ CALL, BATCH, RESULT, CONTROL = 2, 3, 4, 6
 #: and the leader receives the bytes into a segment of its own and renames.
 BULK_BYTES = 1 << 19
 BULK_HEADER = struct.Struct("<QQQQ")
-OOB_MARKER = 0x53
-_NAME = struct.Struct("<H")
-_COUNT = struct.Struct("<I")
-_PAIR = struct.Struct("<QQ")
-
-
-def oob_extent(data: bytes) -> tuple:
-    """(segment name, bytes of it that the payload uses) of an out-of-band
-    payload (shoal/_serialize.py's wire format)."""
-    (n,) = _NAME.unpack_from(data, 1)
-    name = bytes(data[3: 3 + n]).decode()
-    pos = 3 + n
-    (count,) = _COUNT.unpack_from(data, pos)
-    pos += _COUNT.size
-    count += data[pos]
-    pos += 1
-    end = 0
-    for _ in range(count):
-        off, length = _PAIR.unpack_from(data, pos)
-        pos += _PAIR.size
-        end = max(end, off + length)
-    return name, end
-
-
-def oob_rename(data: bytes, name: str) -> bytes:
-    """The same out-of-band payload over the segment ``name``."""
-    (n,) = _NAME.unpack_from(data, 1)
-    new = name.encode()
-    return b"S" + _NAME.pack(len(new)) + new + bytes(data[3 + n:])
 #: The frames of a message between the root and a leader: a Control frame
 #: is a command (root -> leader) or a status (leader -> root), a pickled
 #: dict; a Batch / Result frame's task id is a local slot, its payload
@@ -447,7 +418,7 @@ class RootChannel:
     def _message(self, entries: list) -> tuple:
         """(the TASKS message, the bulk payloads that follow it in order, as
         (bytes, segment or None))."""
-        from . import _core
+        from . import _core, _serialize
 
         pack = _core.pack_frames
         outer, bulks = [], []
@@ -459,7 +430,7 @@ class RootChannel:
             run = []
             for f in frames:
                 data = f[3]
-                oob = len(data) > 3 and data[0] == OOB_MARKER and f[1] in (CALL, BATCH)
+                oob = f[1] in (CALL, BATCH) and _serialize.is_out_of_band(data)
                 if not oob and len(data) < BULK_BYTES:
                     run.append(f)
                     continue
@@ -467,7 +438,7 @@ class RootChannel:
                     outer.append((j, BATCH, 0, pack(run)))
                     run = []
                 if oob:
-                    name, extent = oob_extent(data)
+                    name, extent = _serialize.out_of_band_extent(data)
                     seg = _core.SharedSegment.attach(name)
                     outer.append((j, CALL, 0, BULK_HEADER.pack(f[0], f[1], f[2], extent) + data))
                     bulks.append((seg.view()[:extent], seg))
@@ -501,7 +472,7 @@ class RootChannel:
                 self.exits += exits
 
     def _loop(self) -> None:
-        from . import _core
+        from . import _core, _serialize
 
         MPI, comm = self.MPI, self.comm
         unpack = _core.unpack_frames
@@ -548,11 +519,12 @@ class RootChannel:
                         # A segment's bytes are on their way: the ledger's
                         # payload may recycle it (the word the receiver of a
                         # segment clears, see shoal/_serialize.py).
-                        _release_segment(s[1][1])
+                        _serialize.release_segment(s[1][1])
                 sends = left
             got = False
-            t0 = time.thread_time_ns()
             while comm.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_RESULTS, status=st):
+                if not got:  # (timed only when a message is there, not on every idle pass)
+                    t0 = time.thread_time_ns()
                 src = st.Get_source()
                 buf = bytearray(st.Get_count(MPI.BYTE))
                 comm.Recv([buf, MPI.BYTE], source=src, tag=TAG_RESULTS)
@@ -605,10 +577,6 @@ class RootChannel:
             self.asleep = False
             self.wake.clear()
             sleep = min(sleep * 2, longest_sleep(idle))
-
-
-def _release_segment(seg) -> None:
-    seg.view()[:8] = memoryview(bytes(8))
 
 
 #: what task_ns() says of a worker that has not reported a task time yet
