@@ -100,7 +100,7 @@ class _MPIEngine(Engine):
         s.pid = next(_tokens)
         self.chan.command(s.index, {("adopt" if first else "spawn"): s.pid})
         msg = {"reset": True, "sys_path": list(sys.path), "init": self.init_data}
-        self.chan.push_tasks(s.index, [(0, CONTROL, 0, _serialize.dumps(msg).data)])
+        self.chan.push_tasks(s.index, [(0, CONTROL, 0, self._dumps(msg).data)])
 
     def _worker_label(self, pid: int) -> str:
         return f"worker ({self.chan.notes.get(pid, 'a worker of the MPI job')})"
