@@ -529,8 +529,10 @@ class RootChannel:
                 buf = bytearray(st.Get_count(MPI.BYTE))
                 comm.Recv([buf, MPI.BYTE], source=src, tag=TAG_RESULTS)
                 self.messages[1] += 1
-                if src not in self.lead_of:
-                    continue  # a node this pool does not use: an earlier pool's late results
+                # (from a node this pool does not use, an earlier pool's late
+                # results: read through all the same, bulk messages included,
+                # which would otherwise be taken for a later message's; its
+                # slots are not in slot_at, its status changes nothing)
                 for j, kind, flags, data in unpack(bytes(buf)):
                     if kind == CONTROL:
                         self._status(src, pickle.loads(data))
